@@ -1,0 +1,21 @@
+"""xaifast: fast, exact saliency maps (Recipro-CAM and friends) for computer-vision models.
+
+    import xaifast
+    cfg = xaifast.ExplainConfig(target_explain_group="PREDICTIONS")
+    for ex in xaifast.explain(model, "images/", config=cfg):
+        ex.saliency_map  # {class index or "image": uint8 map}
+"""
+from . import functional
+from .config import ExplainConfig, TargetExplainGroup
+from .data import Preprocess, read_image
+from .errors import (ClassIndexError, DataError, ImageReadError, ModelSplitError, TargetLayerError,
+                     XaifastError)
+from .explanation import Explanation
+from .pipeline import ExplainRun, explain, saliency_maps
+from .postprocess import postprocess
+
+__version__ = "0.1.0"
+
+__all__ = ["explain", "saliency_maps", "postprocess", "functional", "ExplainConfig", "TargetExplainGroup",
+           "Explanation", "ExplainRun", "Preprocess", "read_image", "XaifastError", "ClassIndexError",
+           "DataError", "ImageReadError", "ModelSplitError", "TargetLayerError", "__version__"]

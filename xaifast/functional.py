@@ -1,0 +1,61 @@
+"""The algorithms as plain functions on tensors (CPU and CUDA dispatch inside).
+
+    from xaifast import functional as XF
+    XF.recipro_cam(feature, head, mask="1x1", score="softmax")  # [B,C,H,W] -> [B,K,H,W]
+    XF.activation_map(feature); XF.eigen_cam(feature)           # [B,C,H,W] -> [B,H,W]
+    XF.normalize(maps)                                          # [..., h, w] float -> uint8
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from .algorithms import activation_map, eigen_cam
+from .algorithms import recipro_cam as _recipro_cam
+from .config import normalize_mask_name
+
+Array = Union[np.ndarray, torch.Tensor]
+
+
+def recipro_cam(feature: torch.Tensor, head: Callable, mask: str = "1x1", score: str = "softmax", *,
+                memory_budget_mb: Optional[float] = None, chunk_size: Optional[int] = None,
+                use_gap_shortcut: bool = True) -> torch.Tensor:
+    """Recipro-CAM raw maps [B, K, H, W] float32.
+
+    feature: [B, C, H, W]; head: [N, C, H, W] -> logits [N, K] (an nn.Module head that starts
+    with global average pooling runs through the exact GAP shortcut); mask: "1x1" | "gaussian";
+    score: "softmax" | "sigmoid" | "none". chunk_size / memory_budget_mb bound how many masked maps
+    the head sees at once.
+    """
+    result = _recipro_cam(feature, head, normalize_mask_name(mask), score, memory_budget_mb=memory_budget_mb,
+                          chunk_size=chunk_size, use_gap_shortcut=use_gap_shortcut)
+    return result.raw
+
+
+def normalize(maps: Array, num_threads: int = 0) -> Array:
+    """Per-map min-max to uint8 over the last two dims: floor(255 (x - min) / (max - min + 1e-12)).
+
+    Evaluated in float32 (as OTX), so a map's maximum becomes 255; a constant map becomes zeros.
+    CPU float32 runs in the C++ extension (GIL released, threads over maps); other devices and
+    dtypes use the PyTorch twin. Returns the same kind of array it was given.
+    """
+    from . import _C
+    from .kernels.normalize import normalize_torch
+
+    if isinstance(maps, np.ndarray):
+        if maps.ndim < 2:
+            raise ValueError(f"normalize needs maps [..., h, w], got shape {maps.shape}")
+        return _C.normalize_u8(np.ascontiguousarray(maps, dtype=np.float32), num_threads)
+    if not isinstance(maps, torch.Tensor):
+        raise TypeError(f"normalize takes a numpy array or a torch tensor, got {type(maps).__name__}")
+    if maps.ndim < 2:
+        raise ValueError(f"normalize needs maps [..., h, w], got shape {list(maps.shape)}")
+    if maps.device.type == "cpu":
+        array = maps.detach().to(torch.float32).contiguous().numpy()
+        return torch.from_numpy(_C.normalize_u8(array, num_threads))
+    return normalize_torch(maps.detach())
+
+
+__all__ = ["recipro_cam", "activation_map", "eigen_cam", "normalize"]

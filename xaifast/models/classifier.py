@@ -1,0 +1,109 @@
+"""CNN classifier adapter: one forward gives the target feature map and the logits; the head
+(everything after the target layer) re-scores masked feature maps.
+
+Three ways to describe the model:
+- `ClassifierAdapter(model, target_layer="layer4")`: the head is cut from the model's graph;
+- `ClassifierAdapter(model)`: the target layer is detected (the last feature map [B, C, H, W]
+  with C > H, W);
+- `ClassifierAdapter(backbone=f, head=g)`: explicit callables, feature = f(x), logits = g(feature).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..data import Preprocess
+from ..errors import ModelSplitError, TargetLayerError
+from .head_graph import Head, analyse_head, extract_logits, split_model
+from .target_layer import TargetLayer, choose_target, probe_calls
+
+
+class ClassifierAdapter:
+    kind = "cnn_classifier"
+
+    def __init__(self, model: Optional[nn.Module] = None, *, target_layer: Optional[str] = None,
+                 backbone: Optional[Callable] = None, head: Optional[Callable] = None,
+                 preprocess: Optional[Preprocess] = None, labels: Optional[Sequence[str]] = None):
+        if model is None and (backbone is None or head is None):
+            raise ModelSplitError("pass a model (torch.nn.Module), or both backbone= and head= callables")
+        if model is not None and not isinstance(model, nn.Module):
+            raise ModelSplitError(f"model must be a torch.nn.Module, got {type(model).__name__}; "
+                                  "for other callables pass backbone= and head=")
+        if (backbone is None) != (head is None):
+            raise ModelSplitError("backbone= and head= go together: pass both, or neither")
+        self.model = model
+        self.target_layer = target_layer
+        self.backbone = backbone
+        self.user_head = head
+        self.preprocess = preprocess or Preprocess()
+        self.labels = list(labels) if labels is not None else None
+        self.target: Optional[TargetLayer] = None
+        self._heads: Dict[Tuple[int, int], Head] = {}
+        self._inputs: Dict[Tuple[int, int], torch.Tensor] = {}  # a model input per feature size
+        if model is not None:
+            model.eval()
+
+    # ------------------------------------------------------------------ model facts
+    @property
+    def device(self) -> torch.device:
+        for module in (self.model, self.backbone, self.user_head):
+            if isinstance(module, nn.Module):
+                for p in module.parameters():
+                    return p.device
+        return torch.device("cpu")
+
+    def label(self, k: int) -> Optional[str]:
+        if self.labels is not None and 0 <= k < len(self.labels):
+            return self.labels[k]
+        return None
+
+    # ------------------------------------------------------------------ running
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(feature map of the target layer [B, C, H, W], logits [B, K]) in one forward pass."""
+        x = x.to(self.device)
+        if self.model is None:
+            with torch.no_grad():
+                feature = self.backbone(x)
+                logits = extract_logits(self.user_head(feature))
+            return feature, logits
+        if self.target is None:
+            self.target = choose_target(self.model, probe_calls(self.model, x[:1]), self.target_layer)
+        captured: List[torch.Tensor] = []
+        calls = [0]
+
+        def hook(_module, _args, output):
+            if calls[0] == self.target.call_index:
+                captured.append(output)
+            calls[0] += 1
+
+        handle = self.model.get_submodule(self.target.name).register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                logits = extract_logits(self.model(x))
+        finally:
+            handle.remove()
+        if not captured or not isinstance(captured[0], torch.Tensor) or captured[0].ndim != 4:
+            got = list(captured[0].shape) if captured and isinstance(captured[0], torch.Tensor) else "nothing"
+            raise TargetLayerError(f"target layer {self.target.name!r} produced {got}, not a feature map "
+                                   "[B, C, H, W]; pick a convolutional layer")
+        feature = captured[0]
+        self._inputs.setdefault(tuple(feature.shape[2:]), x[:2])
+        return feature, logits
+
+    def head(self, feature: torch.Tensor) -> Head:
+        """The head for feature maps of this spatial size (cut once per size, then cached)."""
+        return self._head_for(feature)
+
+    def _head_for(self, feature: torch.Tensor) -> Head:
+        key = tuple(feature.shape[2:])
+        if key not in self._heads:
+            if self.model is None:
+                self._heads[key] = analyse_head(self.user_head, feature)
+            else:
+                if key not in self._inputs:
+                    raise ModelSplitError("internal: call forward() on an input before asking for its head")
+                sample = self._inputs[key]
+                self._heads[key] = split_model(self.model, self.target.name, self.target.call_index, sample)
+        return self._heads[key]

@@ -1,0 +1,207 @@
+"""The explain pipeline: inputs -> batches -> one forward -> saliency algorithm -> target
+selection -> normalization / postprocessing -> `Explanation`s, streamed in input order.
+
+One bad input never stops a run: images that cannot be read are skipped with a warning and
+listed in `ExplainRun.failures` (and in a summary warning at the end).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .algorithms import SaliencyResult, explain_activation_map, explain_eigen_cam, recipro_cam, resolve_algorithm
+from .config import ExplainConfig, TargetExplainGroup
+from .data import Preprocess, Sample, iter_samples
+from .errors import ClassIndexError, DataError, XaifastError
+from .explanation import Explanation
+from .functional import normalize
+from .models.classifier import ClassifierAdapter
+
+DEFAULT_BATCH_SIZE = 16
+
+
+def as_adapter(model, *, target_layer=None, backbone=None, head=None, preprocess=None, labels=None):
+    if isinstance(model, ClassifierAdapter):
+        return model
+    if model is None or isinstance(model, torch.nn.Module):
+        return ClassifierAdapter(model, target_layer=target_layer, backbone=backbone, head=head,
+                                 preprocess=preprocess, labels=labels)
+    raise XaifastError(f"cannot explain a {type(model).__name__}; pass a torch.nn.Module "
+                       "(optionally with target_layer=), or backbone= and head= callables")
+
+
+def _batches(samples: Iterator[Sample], batch_size: int, failures: List[Tuple[Union[str, int], str]]
+             ) -> Iterator[List[Sample]]:
+    """Good samples grouped into batches of one input shape; bad ones reported and skipped."""
+    batch: List[Sample] = []
+    for sample in samples:
+        if sample.tensor is None:
+            failures.append((sample.source, sample.error or "unreadable"))
+            warnings.warn(f"skipping {sample.error}", stacklevel=3)
+            continue
+        if batch and batch[0].tensor.shape != sample.tensor.shape:
+            yield batch
+            batch = []
+        batch.append(sample)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def scores_of(logits: torch.Tensor, score: str) -> torch.Tensor:
+    logits = logits.float()
+    if score == "softmax":
+        return torch.softmax(logits, dim=1)
+    if score == "sigmoid":
+        return torch.sigmoid(logits)
+    return logits
+
+
+def predicted_classes(scores: np.ndarray, multilabel: bool) -> List[int]:
+    if multilabel:
+        return [int(k) for k in np.flatnonzero(scores >= 0.5)]
+    return [int(np.argmax(scores))]
+
+
+def resolve_classes(refs: Sequence, num_classes: int, labels: Optional[Sequence[str]]) -> List[int]:
+    """Class indices from a list of indices and/or label names, checked against the model."""
+    out = []
+    for ref in refs:
+        if isinstance(ref, str) and not ref.lstrip("-").isdigit():
+            if not labels or ref not in labels:
+                known = "the model has no label names" if not labels else f"e.g. {', '.join(labels[:5])}, ..."
+                raise ClassIndexError(f"unknown class name {ref!r} ({known}); use a class index 0..{num_classes - 1}")
+            out.append(list(labels).index(ref))
+            continue
+        k = int(ref)
+        if not 0 <= k < num_classes:
+            raise ClassIndexError(f"class index {k} is out of range for a model with {num_classes} classes "
+                                  f"(valid: 0..{num_classes - 1})")
+        out.append(k)
+    return list(dict.fromkeys(out))
+
+
+class ExplainRun:
+    """Iterable of `Explanation`s, in input order. After iteration, `failures` lists the inputs
+    that were skipped as (source, reason) and `count` the images explained."""
+
+    def __init__(self, adapter: ClassifierAdapter, data, config: ExplainConfig, batch_size: int,
+                 memory_budget_mb: Optional[float]):
+        if batch_size < 1:
+            raise XaifastError(f"batch_size must be >= 1, got {batch_size}")
+        self.adapter = adapter
+        self.config = config
+        self.batch_size = batch_size
+        self.memory_budget_mb = memory_budget_mb
+        self.failures: List[Tuple[Union[str, int], str]] = []
+        self.count = 0
+        self.algorithm = resolve_algorithm(config.algorithm, adapter.kind, config.target_explain_group)
+        self._samples = iter_samples(data, adapter.preprocess)  # validates data now: errors come early
+
+    def __iter__(self) -> Iterator[Explanation]:
+        for batch in _batches(self._samples, self.batch_size, self.failures):
+            yield from self._explain_batch(batch)
+        if self.failures:
+            listed = "; ".join(f"{src}: {why}" for src, why in self.failures[:10])
+            more = f" (and {len(self.failures) - 10} more)" if len(self.failures) > 10 else ""
+            warnings.warn(f"{len(self.failures)} input(s) could not be read and were skipped, "
+                          f"{self.count} explained: {listed}{more}", stacklevel=2)
+
+    # ----------------------------------------------------------------------------------
+    def saliency(self, feature: torch.Tensor, normalize_maps: bool) -> SaliencyResult:
+        cfg = self.config
+        if self.algorithm == "activationmap":
+            return explain_activation_map(feature)
+        if self.algorithm == "eigencam":
+            return explain_eigen_cam(feature)
+        return recipro_cam(feature, self.adapter.head(feature), cfg.mask, cfg.score, normalize=normalize_maps,
+                           memory_budget_mb=self.memory_budget_mb)
+
+    def _targets(self, scores: np.ndarray, predicted: List[int], num_classes: int) -> List[int]:
+        group = self.config.target_explain_group
+        if group is TargetExplainGroup.ALL:
+            return list(range(num_classes))
+        if group is TargetExplainGroup.PREDICTIONS:
+            return predicted
+        return resolve_classes(self.config.target_classes, num_classes, self.adapter.labels)
+
+    def _explain_batch(self, batch: List[Sample]) -> Iterator[Explanation]:
+        from .postprocess import postprocess
+
+        cfg = self.config
+        x = torch.stack([s.tensor for s in batch])
+        feature, logits = self.adapter.forward(x)
+        if logits.ndim != 2:
+            raise XaifastError(f"the model returned logits of shape {list(logits.shape)}; a classifier "
+                               "must return [B, num_classes]")
+        num_classes = logits.shape[1]
+        if cfg.target_explain_group is TargetExplainGroup.CUSTOM:
+            resolve_classes(cfg.target_classes, num_classes, self.adapter.labels)  # fail before the work
+        result = self.saliency(feature, normalize_maps=True)
+        u8 = result.normalized if result.normalized is not None else normalize(result.raw)
+        u8 = u8.cpu().numpy()
+        scores = scores_of(logits, cfg.score).cpu().numpy()
+        for b, sample in enumerate(batch):
+            predicted = predicted_classes(scores[b], cfg.multilabel)
+            if result.class_agnostic:
+                keys, maps = ["image"], u8[b, :1]
+            else:
+                keys = self._targets(scores[b], predicted, num_classes)
+                maps = u8[b, keys]
+            explanation = Explanation(source=sample.source, saliency_map={}, prediction=scores[b],
+                                      predicted=predicted, image=sample.image)
+            if cfg.postprocess:
+                size = sample.image if sample.image is not None else tuple(sample.tensor.shape[1:])
+                heat, over = postprocess(np.ascontiguousarray(maps), size, cfg.alpha)
+                explanation.saliency_map = dict(zip(keys, heat))
+                if over is not None:
+                    explanation.overlay = dict(zip(keys, over))
+            else:
+                explanation.saliency_map = {k: m for k, m in zip(keys, maps)}
+            explanation.labels = {k: self.adapter.label(k) for k in keys
+                                  if isinstance(k, int) and self.adapter.label(k) is not None}
+            self.count += 1
+            yield explanation
+
+
+def explain(model, data, config: Optional[ExplainConfig] = None, *, target_layer: Optional[str] = None,
+            backbone: Optional[Callable] = None, head: Optional[Callable] = None,
+            preprocess: Optional[Preprocess] = None, labels: Optional[Sequence[str]] = None,
+            batch_size: int = DEFAULT_BATCH_SIZE, memory_budget_mb: Optional[float] = None) -> ExplainRun:
+    """Explain `model` on `data`; stream one `Explanation` per image, in input order.
+
+    model: a torch.nn.Module (target layer detected, or `target_layer="module.name"`), or None
+        with `backbone=` and `head=` callables. data: a folder or list of image files, a tensor
+        [B, 3, H, W], or an iterable of tensors (a DataLoader). config: `ExplainConfig`.
+    preprocess: how image files become model inputs (size, mean, std); labels: class names.
+    memory_budget_mb bounds the masked feature maps the head sees at once.
+    """
+    config = config or ExplainConfig()
+    adapter = as_adapter(model, target_layer=target_layer, backbone=backbone, head=head,
+                         preprocess=preprocess, labels=labels)
+    return ExplainRun(adapter, data, config, batch_size, memory_budget_mb)
+
+
+def saliency_maps(model, images, algorithm: str = "auto", *, target_layer: Optional[str] = None,
+                  backbone: Optional[Callable] = None, head: Optional[Callable] = None, mask: str = "1x1",
+                  score: str = "softmax", preprocess: Optional[Preprocess] = None,
+                  batch_size: int = DEFAULT_BATCH_SIZE, memory_budget_mb: Optional[float] = None) -> torch.Tensor:
+    """Raw float32 saliency maps [B, K, h, w] (K = 1 for class-agnostic algorithms)."""
+    group = TargetExplainGroup.ALL
+    config = ExplainConfig(target_explain_group=group, algorithm=algorithm, mask=mask, score=score)
+    run = explain(model, images, config, target_layer=target_layer, backbone=backbone, head=head,
+                  preprocess=preprocess, batch_size=batch_size, memory_budget_mb=memory_budget_mb)
+    raws = []
+    for batch in _batches(run._samples, batch_size, run.failures):
+        feature, _ = run.adapter.forward(torch.stack([s.tensor for s in batch]))
+        raws.append(run.saliency(feature, normalize_maps=False).raw)
+    if run.failures:
+        warnings.warn(f"{len(run.failures)} input(s) could not be read and were skipped", stacklevel=2)
+    if not raws:
+        raise DataError("no input could be explained")
+    return torch.cat(raws)
