@@ -1,0 +1,45 @@
+import os
+import random
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py
+
+# Fresh random inputs every run; XAIFAST_TEST_SEED=<n> replays a run (the seed is in the header).
+RUN_SEED = int(os.environ.get("XAIFAST_TEST_SEED", random.SystemRandom().randrange(2**31)))
+
+
+def pytest_report_header(config):
+    return f"xaifast random inputs: XAIFAST_TEST_SEED={RUN_SEED}"
+
+
+def _seed_for(nodeid: str) -> int:
+    return (zlib.crc32(nodeid.encode()) ^ RUN_SEED) % (2**31)
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(_seed_for(request.node.nodeid))
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch(request):
+    torch.manual_seed(_seed_for(request.node.nodeid))
+
+
+@pytest.fixture(scope="session")
+def skimage_data():
+    import skimage
+
+    return os.path.join(os.path.dirname(skimage.__file__), "data")
+
+
+@pytest.fixture(scope="session")
+def efficientnet():
+    from xaifast.models.efficientnet import efficientnet_lite0
+
+    return efficientnet_lite0()
