@@ -179,7 +179,7 @@ def iter_tensor_samples(data: Union[torch.Tensor, Iterable]) -> Iterator[Sample]
         if batch.ndim == 3:
             batch = batch.unsqueeze(0)
         if batch.ndim != 4:
-            raise DataError(f"data item {n} has shape {tuple(batch.shape)}; expected [B, C, H, W] or [C, H, W]")
+            raise DataError(f"data item {n} has shape {list(batch.shape)}; expected [B, C, H, W] or [C, H, W]")
         if not batch.is_floating_point():
             raise DataError(f"data item {n} has dtype {batch.dtype}; tensors must be preprocessed float "
                             "images (pass image files to have xaifast read and normalize them)")
@@ -189,6 +189,8 @@ def iter_tensor_samples(data: Union[torch.Tensor, Iterable]) -> Iterator[Sample]
 
 
 def iter_samples(data, preprocess: Preprocess) -> Iterator[Sample]:
+    if isinstance(data, (list, tuple)) and not data:
+        raise DataError("the data is an empty list; pass image files, a folder, or tensors [B, 3, H, W]")
     if is_file_input(data):
         return iter_file_samples(list_image_files(data), preprocess)
     if isinstance(data, (str, bytes)):
