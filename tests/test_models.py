@@ -150,3 +150,21 @@ def test_efficientnet_espresso_map_peaks_on_the_cup(efficientnet, skimage_data):
     table = np.concatenate([attention[:120, :130].ravel(), attention[300:, 480:].ravel(),
                             attention[330:, :100].ravel()]).mean()
     assert cup > table + 100, (cup, table)
+
+
+def test_split_is_cached_per_model_and_renewed_when_the_model_changes():
+    model = SmallCNN(num_classes=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    first = ClassifierAdapter(model)
+    feature, _ = first.forward(x)
+    head = first.head(feature)
+    again = ClassifierAdapter(model)
+    again.forward(x)
+    assert again.head(feature) is head  # no second probe / export
+    with torch.no_grad():
+        model.classifier.weight.mul_(2.0)  # in-place update: the cached head sees it
+    assert_maps_close(xaifast.saliency_maps(model, x),
+                      recipro_cam_reference(feature, lambda f: copy.deepcopy(model).double().classifier(
+                          f.mean((2, 3))), "1x1"))
+    model.classifier = nn.Linear(64, 3)  # a new module: the cached split is dropped
+    assert xaifast.saliency_maps(model, x).shape == (2, 3, 4, 4)

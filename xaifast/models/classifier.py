@@ -9,6 +9,8 @@ Three ways to describe the model:
 """
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -18,6 +20,34 @@ from ..data import Preprocess
 from ..errors import ModelSplitError, TargetLayerError
 from .head_graph import Head, analyse_head, extract_logits, split_model
 from .target_layer import TargetLayer, choose_target, probe_calls
+
+
+@dataclass
+class _SplitState:
+    """What is learnt about a model once and reused by every later explain call on it: the
+    target layer and the head cut per feature-map size. Valid while the model's modules and
+    parameter objects are the same (in-place weight updates are fine: the head shares them)."""
+
+    fingerprint: tuple
+    target: Optional[TargetLayer] = None
+    heads: Dict[Tuple[int, int], Head] = field(default_factory=dict)
+    inputs: Dict[Tuple[int, int], torch.Tensor] = field(default_factory=dict)  # a model input per feature size
+
+
+_SPLITS: "weakref.WeakKeyDictionary[nn.Module, Dict[Optional[str], _SplitState]]" = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    return tuple(id(m) for m in model.modules()) + tuple(id(p) for p in model.parameters())
+
+
+def _split_state(model: nn.Module, target_layer: Optional[str]) -> _SplitState:
+    states = _SPLITS.setdefault(model, {})
+    fingerprint = _fingerprint(model)
+    state = states.get(target_layer)
+    if state is None or state.fingerprint != fingerprint:
+        state = states[target_layer] = _SplitState(fingerprint)
+    return state
 
 
 class ClassifierAdapter:
@@ -39,11 +69,15 @@ class ClassifierAdapter:
         self.user_head = head
         self.preprocess = preprocess or Preprocess()
         self.labels = list(labels) if labels is not None else None
-        self.target: Optional[TargetLayer] = None
-        self._heads: Dict[Tuple[int, int], Head] = {}
-        self._inputs: Dict[Tuple[int, int], torch.Tensor] = {}  # a model input per feature size
         if model is not None:
             model.eval()
+            self._state = _split_state(model, target_layer)
+        else:
+            self._state = _SplitState(())
+
+    @property
+    def target(self) -> Optional[TargetLayer]:
+        return self._state.target
 
     # ------------------------------------------------------------------ model facts
     @property
@@ -69,7 +103,7 @@ class ClassifierAdapter:
                 logits = extract_logits(self.user_head(feature))
             return feature, logits
         if self.target is None:
-            self.target = choose_target(self.model, probe_calls(self.model, x[:1]), self.target_layer)
+            self._state.target = choose_target(self.model, probe_calls(self.model, x[:1]), self.target_layer)
         captured: List[torch.Tensor] = []
         calls = [0]
 
@@ -89,7 +123,8 @@ class ClassifierAdapter:
             raise TargetLayerError(f"target layer {self.target.name!r} produced {got}, not a feature map "
                                    "[B, C, H, W]; pick a convolutional layer")
         feature = captured[0]
-        self._inputs.setdefault(tuple(feature.shape[2:]), x[:2])
+        if tuple(feature.shape[2:]) not in self._state.heads:
+            self._state.inputs.setdefault(tuple(feature.shape[2:]), x[:2])
         return feature, logits
 
     def head(self, feature: torch.Tensor) -> Head:
@@ -98,12 +133,12 @@ class ClassifierAdapter:
 
     def _head_for(self, feature: torch.Tensor) -> Head:
         key = tuple(feature.shape[2:])
-        if key not in self._heads:
+        if key not in self._state.heads:
             if self.model is None:
-                self._heads[key] = analyse_head(self.user_head, feature)
+                self._state.heads[key] = analyse_head(self.user_head, feature)
             else:
-                if key not in self._inputs:
+                if key not in self._state.inputs:
                     raise ModelSplitError("internal: call forward() on an input before asking for its head")
-                sample = self._inputs[key]
-                self._heads[key] = split_model(self.model, self.target.name, self.target.call_index, sample)
-        return self._heads[key]
+                sample = self._state.inputs.pop(key)
+                self._state.heads[key] = split_model(self.model, self.target.name, self.target.call_index, sample)
+        return self._state.heads[key]
