@@ -143,3 +143,14 @@ def test_normalize_contract():
     assert set(per_map_max.tolist()) == {0, 255}  # float32 evaluation: every map's max is 255
     t = XF.normalize(torch.from_numpy(maps))
     assert isinstance(t, torch.Tensor) and np.array_equal(t.numpy(), u8)
+    # every backend is bit-identical to the C++ one
+    from xaifast.kernels import normalize_maps, normalize_torch
+    assert np.array_equal(normalize_torch(torch.from_numpy(maps)).numpy(), u8)
+    assert np.array_equal(normalize_maps(torch.from_numpy(maps), backend="numba").numpy(), u8)
+    with_nan = maps.copy()
+    with_nan[0, 0, 1, 2] = np.nan
+    with_nan[2, 1] = np.nan
+    expected = XF.normalize(with_nan)
+    assert expected[0, 0, 1, 2] == 0 and (expected[2, 1] == 0).all() and expected[0, 0].max() == 255
+    assert np.array_equal(normalize_torch(torch.from_numpy(with_nan)).numpy(), expected)
+    assert np.array_equal(normalize_maps(torch.from_numpy(with_nan), backend="numba").numpy(), expected)
