@@ -50,9 +50,12 @@ def masked_logits(feature: torch.Tensor, head: Head, mask: str = "1x1", *,
             for start in range(0, cells, step):
                 outputs.append(head.pooled(pooled[start:start + step]))
         else:
-            step = cells_per_chunk(c * h * w * itemsize, memory_budget_mb, chunk_size)
+            step = min(cells, cells_per_chunk(c * h * w * itemsize, memory_budget_mb, chunk_size))
+            # One buffer for every chunk: fresh pages cost more than writing the mosaic itself.
+            buffer = torch.empty((step, c, h, w), dtype=feature.dtype, device=feature.device)
             for start in range(0, cells, step):
-                mosaic = build_mosaic(feature, start, min(step, cells - start), mask)
+                count = min(step, cells - start)
+                mosaic = build_mosaic(feature, start, count, mask, out=buffer[:count])
                 outputs.append(head(mosaic))
     logits = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     if logits.ndim != 2 or logits.shape[0] != cells:
