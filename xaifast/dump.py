@@ -30,7 +30,8 @@ def _png(path: Path, image: np.ndarray) -> None:
 class RunWriter:
     """Writes explanations of one run as they stream; `close()` writes the index and `.latest`."""
 
-    def __init__(self, work_dir, labels: Optional[Sequence[str]] = None, settings: Optional[dict] = None):
+    def __init__(self, work_dir, labels: Optional[Sequence[str]] = None, settings: Optional[dict] = None,
+                 alpha: float = 0.5):
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d_%H%M%S")
@@ -42,6 +43,7 @@ class RunWriter:
         self.maps_dir.mkdir(parents=True)
         self.labels = list(labels) if labels is not None else None
         self.settings = settings or {}
+        self.alpha = alpha
         self.records: List[dict] = []
         self.files = 0
         self._stems: Dict[str, int] = {}
@@ -55,9 +57,12 @@ class RunWriter:
     def write(self, ex: Explanation) -> List[str]:
         stem = self._stem(ex.source)
         written = []
+        overlays = ex.overlay
+        if not overlays and ex.image is not None and ex.saliency_map:
+            overlays = self._overlays(ex)
         for key, saliency in ex.saliency_map.items():
             tag = "image" if key == "image" else f"class_{key}"
-            for kind, image in (("saliency_map", saliency), ("overlay", ex.overlay.get(key))):
+            for kind, image in (("saliency_map", saliency), ("overlay", overlays.get(key))):
                 if image is None:
                     continue
                 path = self.maps_dir / f"{stem}_{tag}_{kind}.png"
@@ -68,6 +73,14 @@ class RunWriter:
         self.records.append({"source": str(ex.source), "predictions": predictions,
                              "targets": [k if k == "image" else int(k) for k in ex.saliency_map], "files": written})
         return written
+
+    def _overlays(self, ex: Explanation) -> Dict:
+        """Overlays for low-resolution maps (postprocess=False): the map as it would be shown."""
+        from .postprocess import postprocess
+
+        keys = list(ex.saliency_map)
+        _, over = postprocess(np.stack([ex.saliency_map[k] for k in keys]), ex.image, self.alpha)
+        return dict(zip(keys, over))
 
     def _label(self, k: int) -> Optional[str]:
         return self.labels[k] if self.labels is not None and 0 <= k < len(self.labels) else None

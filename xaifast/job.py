@@ -1,0 +1,86 @@
+"""One explain job, as the CLI and the demo run it: a recipe's model on a data source, maps
+streamed to a run folder, a progress bar, and a summary at the end."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, TextIO
+
+from .config import ExplainConfig
+from .data import is_file_input, list_image_files
+from .dump import RunWriter
+from .pipeline import explain
+from .recipe import Recipe
+
+
+@dataclass
+class JobSummary:
+    images: int
+    maps: int
+    files: int
+    failures: List[tuple]
+    seconds: float
+    run_dir: Optional[Path]
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_explain_job(recipe: Recipe, data, config: ExplainConfig, *, work_dir: str, dump: bool = True,
+                    checkpoint: Optional[str] = None, batch_size: int = 16, device: str = "cpu",
+                    progress: bool = True, out: TextIO = sys.stdout) -> JobSummary:
+    model = recipe.build(checkpoint).to(device)
+    if is_file_input(data):
+        data = [str(p) for p in list_image_files(data)]
+    total = len(data) if isinstance(data, list) else None
+    settings = {"recipe": recipe.name, "checkpoint": checkpoint or recipe.checkpoint,
+                "algorithm": config.algorithm, "target_explain_group": config.target_explain_group.name,
+                "postprocess": config.postprocess, "mask": config.mask, "score": config.score}
+    writer = RunWriter(work_dir, recipe.labels, settings, config.alpha) if dump else None
+    start = time.perf_counter()
+    run = explain(model, data, config, target_layer=recipe.target_layer, preprocess=recipe.preprocess,
+                  labels=recipe.labels, batch_size=batch_size)
+    maps = 0
+    bar = _progress(total, progress)
+    try:
+        for ex in run:
+            maps += len(ex.saliency_map)
+            if writer is not None:
+                writer.write(ex)
+            names = ", ".join(f"{ex.labels.get(k) or f'class {k}'} ({ex.prediction[k]:.2f})" for k in ex.predicted)
+            line = f"{Path(str(ex.source)).name}: {names}"
+            if bar is not None:
+                bar.write(line, file=out)
+                bar.update(1)
+            else:
+                print(line, file=out)
+    finally:
+        if bar is not None:
+            bar.update(len(run.failures))
+            bar.close()
+        run_dir = writer.close(run.failures) if writer is not None else None
+    summary = JobSummary(run.count, maps, writer.files if writer else 0, list(run.failures),
+                         time.perf_counter() - start, run_dir)
+    print_summary(summary, work_dir, out)
+    return summary
+
+
+def _progress(total: Optional[int], enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="explain", file=sys.stderr, dynamic_ncols=True,
+                disable=None)  # None: no bar when stderr is not a terminal
+
+
+def print_summary(s: JobSummary, work_dir: str, out: TextIO) -> None:
+    print(f"explained {s.images} images: {s.maps} maps, {s.files} files, {len(s.failures)} failed, "
+          f"{s.seconds:.1f} s ({s.images_per_second:.1f} images/s)", file=out)
+    for source, reason in s.failures:
+        print(f"  skipped {source}: {reason}", file=out)
+    if s.run_dir is not None:
+        print(f"results: {s.run_dir / 'explain'}  (newest run: {Path(work_dir) / '.latest'})", file=out)
