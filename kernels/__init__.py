@@ -1,16 +1,40 @@
 """CPU/GPU kernels of the Recipro-CAM engine (``xaifast.kernels``).
 
-Each kernel has a Numba implementation (the CPU float32 hot path), a plain
-PyTorch twin (any device / dtype), and a dispatcher that picks between them.
+Each kernel has a Numba implementation (the CPU float32 hot path), a Triton
+implementation (the CUDA hot path, ``triton_*.py``), a plain PyTorch twin (any
+device / dtype), and a dispatcher that picks between them by device
+(``backend="auto"``; or "numba" | "torch" | "triton").
+
+Triton is optional and never imported here: the ``*_triton`` names below are
+loaded on first access (module ``__getattr__``), and the dispatchers import
+the Triton modules only when they run a Triton kernel.
 """
-from ._compat import HAVE_NUMBA
+from ._compat import BACKENDS, HAVE_NUMBA, have_triton, pick_backend
 from .epilogue import SCORES, epilogue_numba, epilogue_torch, score_code, score_maps
 from .gap_pool import gap_pool_numba, gap_pool_torch, gap_pooled
 from .masks import MASKS, mask_kernel, resolve_kernel
 from .mosaic import build_mosaic, mosaic_numba, mosaic_torch
 from .normalize import normalize_maps, normalize_numba, normalize_torch
 
+_TRITON_NAMES = {
+    "mosaic_triton": "triton_mosaic",
+    "gap_pool_triton": "triton_gap_pool",
+    "epilogue_triton": "triton_epilogue",
+    "normalize_triton": "triton_epilogue",
+}
+
+
+def __getattr__(name):
+    if name in _TRITON_NAMES:
+        import importlib
+
+        module = importlib.import_module(f".{_TRITON_NAMES[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "BACKENDS",
     "HAVE_NUMBA",
     "MASKS",
     "SCORES",
@@ -20,12 +44,14 @@ __all__ = [
     "gap_pool_numba",
     "gap_pool_torch",
     "gap_pooled",
+    "have_triton",
     "mask_kernel",
     "mosaic_numba",
     "mosaic_torch",
     "normalize_maps",
     "normalize_numba",
     "normalize_torch",
+    "pick_backend",
     "resolve_kernel",
     "score_code",
     "score_maps",

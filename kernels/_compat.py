@@ -1,19 +1,33 @@
-"""Optional-Numba shim and shared validation helpers for the kernels package.
+"""Optional-Numba shim, backend selection and shared validation helpers.
 
 Numba is the CPU hot path.  If it cannot be imported, the ``*_numba`` kernels
 still import (as slow pure-Python functions) and every dispatcher falls back
 to the PyTorch twins, so the package keeps working.
+
+Triton is the CUDA hot path (``kernels/triton_*.py``).  It is optional and
+imported lazily: only when a dispatcher is about to run a Triton kernel
+(a CUDA tensor with backend "auto", or backend "triton").  CPU-only use never
+imports it.  With ``TRITON_INTERPRET=1`` (set before the first Triton kernel
+module is imported) backend "triton" also runs on CPU tensors through Triton's
+interpreter; the tests use that.
 """
 from __future__ import annotations
 
+import functools
 import operator
+import os
 
 import torch
 
 try:  # pragma: no cover - exercised implicitly
+    import numba
     from numba import njit, prange
 
     HAVE_NUMBA = True
+    # OpenMP first: OpenVINO ships its own TBB, and with it loaded Numba would pick TBB, whose
+    # pool is not fork-safe (DataLoader workers) and warns on every fork.
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 except ImportError:  # pragma: no cover - numba is a hard dependency in practice
     HAVE_NUMBA = False
     prange = range
@@ -33,7 +47,10 @@ except ImportError:  # pragma: no cover - numba is a hard dependency in practice
 # development delete kernels/__pycache__ after such an edit.
 JIT_OPTS = dict(parallel=True, cache=True, fastmath=False, nogil=True)
 
-BACKENDS = ("auto", "numba", "torch")
+BACKENDS = ("auto", "numba", "torch", "triton")
+
+#: Input dtypes the Triton kernels accept (they compute in float32 inside).
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def check_backend(backend: str) -> None:
@@ -49,7 +66,7 @@ def use_numba(backend: str, *tensors: torch.Tensor) -> bool:
     Numba and raises if the inputs are not eligible.
     """
     check_backend(backend)
-    if backend == "torch":
+    if backend in ("torch", "triton"):
         return False
     eligible = HAVE_NUMBA and all(
         t.device.type == "cpu"
@@ -65,6 +82,67 @@ def use_numba(backend: str, *tensors: torch.Tensor) -> bool:
             f"(got {[(str(t.device), str(t.dtype), t.requires_grad) for t in tensors]})"
         )
     return eligible
+
+
+def triton_interpret() -> bool:
+    """True when TRITON_INTERPRET asks for Triton's CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=None)
+def have_triton() -> bool:
+    """Whether ``triton`` can be imported (imports it on the first call, then cached)."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install
+        return False
+    return True
+
+
+def _needs_grad(t: torch.Tensor) -> bool:
+    return t.requires_grad and torch.is_grad_enabled()
+
+
+def _triton_problem(tensors) -> str | None:
+    """Why the Triton kernels cannot serve these tensors (None: they can)."""
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        return f"all tensors must be on one device, got {sorted(map(str, devices))}"
+    device = next(iter(devices))
+    if device.type != "cuda" and not (device.type == "cpu" and triton_interpret()):
+        return (f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before "
+                f"triton is imported), got {device}")
+    for t in tensors:
+        if t.dtype not in TRITON_DTYPES:
+            return f"backend='triton' supports float32, float16 and bfloat16, got {t.dtype}"
+        if _needs_grad(t):
+            return "backend='triton' is not differentiable: inputs must not require grad"
+    if not have_triton():
+        return "backend='triton' requested but triton is not installed (pip install 'xaifast[gpu]')"
+    return None
+
+
+def pick_backend(backend: str, *tensors: torch.Tensor) -> str:
+    """The kernel family that serves these tensors: "triton", "numba" or "torch".
+
+    - "auto": CUDA tensors (float32/16/bf16, no grad) -> Triton when it can be
+      imported; CPU float32 (no grad) -> Numba; anything else -> the PyTorch twin.
+    - "triton": CUDA tensors, or CPU tensors when TRITON_INTERPRET=1; raises
+      ValueError otherwise.  "numba" / "torch": as :func:`use_numba`.
+    """
+    check_backend(backend)
+    if backend == "torch":
+        return "torch"
+    if backend == "triton":
+        problem = _triton_problem(tensors)
+        if problem is not None:
+            raise ValueError(problem)
+        return "triton"
+    if (backend == "auto" and tensors and all(t.device.type == "cuda" for t in tensors)
+            and _triton_problem(tensors) is None):
+        return "triton"
+    return "numba" if use_numba(backend, *tensors) else "torch"
 
 
 def as_index(value, name: str) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._compat import JIT_OPTS, njit, prange, use_numba
+from ._compat import JIT_OPTS, njit, pick_backend, prange
 from ._vmath import lane_max, lane_sum, vexp
 from .normalize import normalize_plane, normalize_torch
 
@@ -115,8 +115,11 @@ def score_maps(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits ``[B*H*W, K]`` -> ``(raw float32 [B, K, H, W], uint8 [B, K, H, W] or None)``.
 
-    ``score``: "softmax" | "sigmoid" | "none".  CPU float32 (not requiring
-    grad) -> fused Numba kernel; anything else -> :func:`epilogue_torch`.
+    ``score``: "softmax" | "sigmoid" | "none".  ``backend``: "auto" | "numba" | "torch" |
+    "triton".  "auto": CUDA float32/16/bf16 -> one fused Triton kernel; CPU float32 (not
+    requiring grad) -> fused Numba kernel; anything else -> :func:`epilogue_torch`.  Scores are
+    computed in float32 whatever the logits' dtype.  "triton" runs on CPU tensors under
+    TRITON_INTERPRET=1.
     """
     code = score_code(score)
     if not isinstance(logits, torch.Tensor):
@@ -133,8 +136,13 @@ def score_maps(
         raise ValueError(f"logits has {N} rows but B*H*W = {B}*{H}*{W} = {B * H * W}")
     if K < 1:
         raise ValueError("logits must have at least one column (K >= 1)")
-    if not use_numba(backend, logits):
+    path = pick_backend(backend, logits)
+    if path == "torch":
         return epilogue_torch(logits, B, H, W, score, normalize)
+    if path == "triton":
+        from .triton_epilogue import epilogue_triton
+
+        return epilogue_triton(logits.detach(), B, H, W, score, normalize)
     raw = torch.empty((B, K, H, W), dtype=torch.float32)
     if normalize:
         u8 = torch.empty((B, K, H, W), dtype=torch.uint8)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._compat import JIT_OPTS, check_feature, njit, prange, use_numba
+from ._compat import JIT_OPTS, check_feature, njit, pick_backend, prange
 from .masks import resolve_kernel
 
 __all__ = ["gap_pool_numba", "gap_pool_torch", "gap_pooled"]
@@ -101,12 +101,19 @@ def gap_pooled(feature: torch.Tensor, mask, *, backend: str = "auto") -> torch.T
     """GAP-pooled vectors ``[B*H*W, C]`` for every cell of every image.
 
     ``mask``: ``"1x1"`` | ``"gaussian"`` (``"3x3"``) | a square odd ``[k, k]`` array.
-    CPU float32 (not requiring grad) -> Numba; anything else -> torch twin.
+    ``backend``: "auto" | "numba" | "torch" | "triton".  "auto": CUDA float32/16/bf16 ->
+    Triton kernel (result in the feature's dtype), CPU float32 (not requiring grad) -> Numba;
+    anything else -> torch twin.  "triton" runs on CPU tensors under TRITON_INTERPRET=1.
     """
     B, C, H, W = check_feature(feature)
     kernel = resolve_kernel(mask)
-    if not use_numba(backend, feature):
+    path = pick_backend(backend, feature)
+    if path == "torch":
         return gap_pool_torch(feature, kernel)
+    if path == "triton":
+        from .triton_gap_pool import gap_pool_triton
+
+        return gap_pool_triton(feature.detach(), kernel)
     out = torch.empty((B * H * W, C), dtype=torch.float32)
     gap_pool_numba(feature.detach().contiguous().numpy(), kernel, out.numpy())
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._compat import JIT_OPTS, as_index, check_feature, njit, prange, use_numba
+from ._compat import JIT_OPTS, as_index, check_feature, njit, pick_backend, prange
 from .masks import resolve_kernel
 
 __all__ = ["mosaic_numba", "mosaic_torch", "build_mosaic"]
@@ -114,14 +114,19 @@ def build_mosaic(
     out: torch.Tensor | None = None,
     *,
     backend: str = "auto",
+    memory_format: torch.memory_format | None = None,
 ) -> torch.Tensor:
     """Mosaic for cells ``[start, start + count)`` -> tensor ``[count, C, H, W]``.
 
     ``mask``: ``"1x1"`` | ``"gaussian"`` (``"3x3"``) | a square odd ``[k, k]`` array.
-    CPU float32 (not requiring grad) -> Numba kernel, zero-copy; anything else
-    -> :func:`mosaic_torch`.  ``out``, if given, must be ``[count, C, H, W]``
-    with the feature's dtype and device (and contiguous for the Numba path);
-    it is filled and returned.  ``backend``: "auto" | "numba" | "torch".
+    ``backend``: "auto" | "numba" | "torch" | "triton".  "auto": CUDA float32/16/bf16 ->
+    Triton kernel (when triton is installed), CPU float32 with a contiguous output -> Numba
+    kernel, zero-copy; anything else -> :func:`mosaic_torch`.  "triton" also runs on CPU
+    tensors when TRITON_INTERPRET=1 (Triton's interpreter, for tests).
+    ``out``, if given, must be ``[count, C, H, W]`` with the feature's dtype and device; it is
+    filled in its own layout (contiguous or channels-last) and returned.  Without ``out`` the
+    result is allocated in ``memory_format`` (default ``torch.contiguous_format``; pass
+    ``torch.channels_last`` when the head runs channels-last).
     """
     B, C, H, W = check_feature(feature)
     N = B * H * W
@@ -141,11 +146,31 @@ def build_mosaic(
                 f"out must be a {feature.dtype} tensor of shape {(count, C, H, W)} on {feature.device}, "
                 f"got {out.dtype} {tuple(out.shape)} on {out.device}"
             )
-    numba_path = use_numba(backend, feature, *(() if out is None else (out,)))
-    if numba_path and out is not None and not out.is_contiguous():
-        raise ValueError("out must be contiguous for the numba backend")
-    if not numba_path:
+    fmt = torch.contiguous_format if memory_format is None else memory_format
+    path = pick_backend(backend, feature, *(() if out is None else (out,)))
+    if path == "numba":
+        contiguous_out = out.is_contiguous() if out is not None else fmt == torch.contiguous_format
+        if not contiguous_out:
+            if backend == "numba":
+                raise ValueError("out must be contiguous for the numba backend")
+            path = "torch"  # auto: the twin writes any layout
+    if path == "triton":
+        from .triton_common import flat_spatial
+
+        if out is not None and not flat_spatial(out):
+            if backend == "triton":
+                raise ValueError("out must be contiguous or channels-last for the triton backend")
+            path = "torch"
+    if path == "torch":
+        if out is None and fmt != torch.contiguous_format and not (feature.requires_grad and torch.is_grad_enabled()):
+            out = torch.empty((count, C, H, W), dtype=feature.dtype, device=feature.device, memory_format=fmt)
         return mosaic_torch(feature, start, count, kernel, out=out)
+    if path == "triton":
+        from .triton_mosaic import mosaic_triton
+
+        if out is None:
+            out = torch.empty((count, C, H, W), dtype=feature.dtype, device=feature.device, memory_format=fmt)
+        return mosaic_triton(feature.detach(), start, count, kernel, out)
     f = feature.detach().contiguous().numpy()
     if out is None:
         out = torch.empty((count, C, H, W), dtype=torch.float32)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._compat import JIT_OPTS, njit, prange, use_numba
+from ._compat import JIT_OPTS, njit, pick_backend, prange
 
 __all__ = ["normalize_numba", "normalize_torch", "normalize_maps", "normalize_plane"]
 
@@ -87,13 +87,20 @@ def normalize_torch(maps: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_maps(maps: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
-    """Dispatcher: uint8 maps ``[..., H, W]``; CPU float32 -> Numba, else torch twin."""
+    """Dispatcher: uint8 maps ``[..., H, W]``.  ``backend``: "auto" | "numba" | "torch" |
+    "triton"; "auto": CUDA float32/16/bf16 -> Triton kernel, CPU float32 -> Numba, else the
+    torch twin.  "triton" runs on CPU tensors under TRITON_INTERPRET=1."""
     if not isinstance(maps, torch.Tensor):
         raise TypeError(f"maps must be a torch.Tensor, got {type(maps).__name__}")
     if maps.dim() < 2:
         raise ValueError(f"maps must have at least 2 dims [..., H, W], got shape {tuple(maps.shape)}")
-    if not use_numba(backend, maps):
+    path = pick_backend(backend, maps)
+    if path == "torch":
         return normalize_torch(maps)
+    if path == "triton":
+        from .triton_epilogue import normalize_triton
+
+        return normalize_triton(maps.detach())
     H, W = int(maps.shape[-2]), int(maps.shape[-1])
     src = maps.detach().contiguous().reshape(-1, H, W)
     out = torch.empty(maps.shape, dtype=torch.uint8)
