@@ -51,7 +51,8 @@ class ExplainConfig:
     target_classes: the classes for CUSTOM.
     algorithm: "auto" (by model type), "recipro_cam" / "classwisesaliencymap", "activationmap",
         "eigencam".
-    mask: Recipro-CAM spatial mask, "1x1" (as OTX) or "gaussian" (3x3).
+    mask: Recipro-CAM spatial mask, "1x1" or "gaussian" (3x3); "auto" (default) picks OTX's choice
+        for the model type: 1x1 for CNNs, gaussian for transformers (ViT Recipro-CAM).
     score: "softmax" (multiclass), "sigmoid" (multilabel) or "none" (raw logits).
     alpha: overlay weight of the heat map.
     """
@@ -60,7 +61,7 @@ class ExplainConfig:
     postprocess: bool = False
     target_classes: Sequence[ClassRef] | None = None
     algorithm: str = "auto"
-    mask: str = "1x1"
+    mask: str = "auto"
     score: str = "softmax"
     alpha: float = 0.5
     extras: dict = field(default_factory=dict, repr=False)
@@ -74,7 +75,7 @@ class ExplainConfig:
         if self.target_explain_group is TargetExplainGroup.CUSTOM and not self.target_classes:
             raise XaifastError("target_explain_group CUSTOM needs target_classes, e.g. "
                                "ExplainConfig(target_explain_group=[967, 'tabby'])")
-        self.mask = normalize_mask_name(self.mask)
+        self.mask = "auto" if str(self.mask).lower() == "auto" else normalize_mask_name(self.mask)
         if self.score not in SCORES:
             raise XaifastError(f"unknown score {self.score!r}; use one of {', '.join(SCORES)}")
         if not 0.0 <= float(self.alpha) <= 1.0:

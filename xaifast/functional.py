@@ -2,6 +2,7 @@
 
     from xaifast import functional as XF
     XF.recipro_cam(feature, head, mask="1x1", score="softmax")  # [B,C,H,W] -> [B,K,H,W]
+    XF.vit_recipro_cam(tokens, rest, grid=(H, W))               # [B,A+H*W,D] -> [B,K,H,W]
     XF.activation_map(feature); XF.eigen_cam(feature)           # [B,C,H,W] -> [B,H,W]
     XF.normalize(maps)                                          # [..., h, w] float -> uint8
 """
@@ -14,6 +15,7 @@ import torch
 
 from .algorithms import activation_map, eigen_cam
 from .algorithms import recipro_cam as _recipro_cam
+from .algorithms import vit_recipro_cam as _vit_recipro_cam
 from .config import normalize_mask_name
 
 Array = Union[np.ndarray, torch.Tensor]
@@ -31,6 +33,24 @@ def recipro_cam(feature: torch.Tensor, head: Callable, mask: str = "1x1", score:
     """
     result = _recipro_cam(feature, head, normalize_mask_name(mask), score, memory_budget_mb=memory_budget_mb,
                           chunk_size=chunk_size, use_gap_shortcut=use_gap_shortcut)
+    return result.raw
+
+
+def vit_recipro_cam(tokens, rest: Callable, grid=None, mask: str = "gaussian", score: str = "softmax", *,
+                    num_aux: Optional[int] = None, cls_token: bool = True, use_fast_path: bool = True,
+                    memory_budget_mb: Optional[float] = None, chunk_size: Optional[int] = None) -> torch.Tensor:
+    """ViT Recipro-CAM raw maps [B, K, H, W] float32.
+
+    tokens: the target block's LN1 output [B, A + H*W, D] (A auxiliary tokens, then row-major
+    patches), or the `TokenFeature` that `xaifast.models.vit_adapter.ViTAdapter.forward` returns
+    (grid and A included). rest: a `ViTRest` (`ViTAdapter(model, target_block=k).rest()`: exact
+    fast path available) or any callable T_p [n, A + H*W, D] -> logits [n, K] (general path).
+    grid: (H, W) for plain tokens; num_aux: A (default: N - H*W). mask: "gaussian" (default, as
+    OTX's ViT Recipro-CAM) | "1x1"; cls_token: keep (True) or zero the auxiliary tokens.
+    """
+    result = _vit_recipro_cam(tokens, rest, normalize_mask_name(mask), score, grid=grid, num_aux=num_aux,
+                              cls_token=cls_token, use_fast_path=use_fast_path, memory_budget_mb=memory_budget_mb,
+                              chunk_size=chunk_size)
     return result.raw
 
 
@@ -58,4 +78,4 @@ def normalize(maps: Array, num_threads: int = 0) -> Array:
     return normalize_torch(maps.detach())
 
 
-__all__ = ["recipro_cam", "activation_map", "eigen_cam", "normalize"]
+__all__ = ["recipro_cam", "vit_recipro_cam", "activation_map", "eigen_cam", "normalize"]

@@ -7,39 +7,54 @@ from .activation_map import activation_map, explain_activation_map
 from .base import SaliencyResult
 from .eigen_cam import eigen_cam, explain_eigen_cam
 from .recipro_cam import recipro_cam
+from .vit_recipro_cam import vit_recipro_cam
 
 CLASS_AGNOSTIC = ("activationmap", "eigencam")
-CLASS_WISE = ("recipro_cam",)
+CLASS_WISE = ("recipro_cam", "vit_recipro_cam")
+# The class-wise method of each model kind (auto / classwisesaliencymap pick it).
+CLASS_WISE_BY_KIND = {"cnn_classifier": "recipro_cam", "transformer": "vit_recipro_cam"}
 ALGORITHMS = CLASS_WISE + CLASS_AGNOSTIC
 _ALIASES = {
     "auto": "auto",
     "recipro_cam": "recipro_cam", "reciprocam": "recipro_cam", "recipro-cam": "recipro_cam",
-    "classwisesaliencymap": "recipro_cam", "classwise_saliency_map": "recipro_cam",
+    "classwisesaliencymap": "classwise", "classwise_saliency_map": "classwise",
+    "vit_recipro_cam": "vit_recipro_cam", "vitreciprocam": "vit_recipro_cam", "vit-recipro-cam": "vit_recipro_cam",
     "activationmap": "activationmap", "activation_map": "activationmap",
     "eigencam": "eigencam", "eigen_cam": "eigencam",
 }
+
+
+def requested_model_kind(name: str):
+    """The model kind an explicitly named class-wise algorithm needs (None: any / by detection)."""
+    algo = _ALIASES.get(str(name).lower().replace(" ", ""))
+    return {v: k for k, v in CLASS_WISE_BY_KIND.items()}.get(algo)
 
 
 def resolve_algorithm(name: str, model_kind: str, group: TargetExplainGroup) -> str:
     """The algorithm to run for a requested name, model type and target group.
 
     auto / classwisesaliencymap pick the class-wise method of the model type (CNN classifier:
-    recipro_cam). The IMAGE group asks for one class-agnostic map: activationmap unless eigencam
-    is asked, as in OTX.
+    recipro_cam, transformer: vit_recipro_cam). The IMAGE group asks for one class-agnostic map:
+    activationmap unless eigencam is asked, as in OTX.
     """
     key = str(name).lower().replace(" ", "")
     if key not in _ALIASES:
-        valid = "auto, classwisesaliencymap, recipro_cam, activationmap, eigencam"
+        valid = "auto, classwisesaliencymap, recipro_cam, vit_recipro_cam, activationmap, eigencam"
         raise XaifastError(f"unknown explain algorithm {name!r}; use one of: {valid}")
     algo = _ALIASES[key]
-    if algo in ("auto", "recipro_cam"):
-        if model_kind != "cnn_classifier":
+    if algo in ("auto", "classwise"):
+        if model_kind not in CLASS_WISE_BY_KIND:
             raise XaifastError(f"no class-wise saliency method for model type {model_kind!r} yet")
-        algo = "recipro_cam"
+        algo = CLASS_WISE_BY_KIND[model_kind]
+    elif algo in CLASS_WISE and CLASS_WISE_BY_KIND.get(model_kind) != algo:
+        fits = CLASS_WISE_BY_KIND.get(model_kind)
+        raise XaifastError(f"{algo} does not apply to a {model_kind.replace('_', ' ')} model"
+                           + (f"; use {fits} (or auto)" if fits else ""))
     if group is TargetExplainGroup.IMAGE and algo not in CLASS_AGNOSTIC:
         algo = "activationmap"
     return algo
 
 
-__all__ = ["activation_map", "eigen_cam", "recipro_cam", "explain_activation_map", "explain_eigen_cam",
-           "SaliencyResult", "resolve_algorithm", "ALGORITHMS", "CLASS_AGNOSTIC"]
+__all__ = ["activation_map", "eigen_cam", "recipro_cam", "vit_recipro_cam", "explain_activation_map",
+           "explain_eigen_cam", "SaliencyResult", "resolve_algorithm", "requested_model_kind", "ALGORITHMS",
+           "CLASS_AGNOSTIC"]

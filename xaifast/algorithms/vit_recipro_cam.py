@@ -1,0 +1,242 @@
+"""ViT Recipro-CAM (OTX's ViTReciproCAM) for transformer classifiers, with an exact fast path.
+
+For every patch cell p, SPEC.md re-runs the end of the model on ``T_p``: the target block's LN1
+output ``T`` with the auxiliary tokens kept (``cls_token=True``) or zeroed, and patch token q
+multiplied by ``m_p(q)``; ``S[k, p] = score(logits_p)[k]``. Two execution plans, both exact:
+
+- naive (general): the full ``T_p`` [n, A + H*W, D] of a chunk of cells is built by the token
+  mosaic kernel and the model's own pieces run on it (the target block's attention and MLP as
+  modules, the later blocks as modules, final norm, head). Works for any recognized model.
+- fast: in ``T_p`` every zeroed patch token is the same vector, and identical tokens stay
+  identical through per-token layers (norms, MLPs, projections) and through attention without
+  position-dependent terms. So each cell runs on its distinct tokens only: the A auxiliary
+  tokens, the <= k*k tokens of the mask window and one representative of the zero tokens
+  (A + k*k + 1 slots), and each attention counts a key standing for c tokens c times (log c added
+  to its logit, :mod:`xaifast.kernels.token_attention`). The target block's q/k/v are the
+  token mosaic of ``T @ Wqkv^T`` plus the bias (computed once per image, not per cell); in the
+  last block only the tokens the head reads are queried (CLS; CLS + distillation for DeiT; every
+  slot, weighted by its count, for mean pooling). Not an approximation: it equals the naive
+  re-inference up to float rounding, which the tests check in float64.
+
+The fast path is used when the model's pieces allow it (`ViTRest.fast_ok`, decided when the
+adapter verified the model); otherwise the naive path runs. Cells are processed in chunks
+bounded by a memory budget; logits of every cell go through the fused score / transpose /
+normalize epilogue (:func:`xaifast.kernels.score_maps`).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..config import normalize_mask_name
+from ..errors import ModelSplitError, XaifastError
+from ..models.vit_adapter import TokenFeature, ViTRest, check_token_count
+from .base import DEFAULT_MEMORY_BUDGET_MB, SaliencyResult
+
+#: Floats of activation per token and model width in a block (input, q/k/v, attention output,
+#: MLP hidden (4x), residuals); the attention logits add heads x sequence length per token.
+_FLOATS_PER_TOKEN_AND_DIM = 12
+
+
+def chunk_cells(tokens_per_cell: int, dim: int, heads: int, itemsize: int, memory_budget_mb: Optional[float],
+                chunk_size: Optional[int]) -> int:
+    """How many cells one re-inference chunk holds within the memory budget."""
+    if chunk_size is not None:
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        return int(chunk_size)
+    budget = (DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else float(memory_budget_mb)) * 2**20
+    if budget <= 0:
+        raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
+    per_cell = tokens_per_cell * (_FLOATS_PER_TOKEN_AND_DIM * dim + heads * tokens_per_cell) * itemsize
+    return max(1, int(budget // per_cell))
+
+
+def _heads(rest) -> int:
+    if isinstance(rest, ViTRest) and rest.target.parts is not None:
+        return rest.target.parts.num_heads
+    return 1
+
+
+# ------------------------------------------------------------------------------------ naive
+def naive_logits(tokens: torch.Tensor, grid: Tuple[int, int], num_aux: int, rest: Callable, mask: str,
+                 cls_token: bool, start: int, count: int) -> torch.Tensor:
+    """Logits of cells [start, start + count): the rest run on the full T_p of each cell."""
+    from ..kernels.token_mosaic import token_layout, token_mosaic
+
+    layout = token_layout("dense", grid[0], grid[1], num_aux, mask, cls_token)
+    t_p = token_mosaic(tokens, layout, start, count)
+    return rest(t_p)
+
+
+# ------------------------------------------------------------------------------------ fast
+class _FastPlan:
+    """Per-batch precomputation of the fast path (projections of T, layout tables)."""
+
+    def __init__(self, tokens: torch.Tensor, grid, num_aux: int, rest: ViTRest, mask: str, cls_token: bool):
+        from ..kernels.token_mosaic import token_layout
+
+        self.tokens = tokens
+        self.rest = rest
+        self.layout = token_layout("compact", grid[0], grid[1], num_aux, mask, cls_token)
+        self.HW = grid[0] * grid[1]
+        self.num_aux = num_aux
+        self.cls_token = cls_token
+        parts = rest.target.parts
+        self.inner = parts.inner
+        self.proj = torch.nn.functional.linear(tokens, parts.weight)  # T @ Wqkv^T, [B, N, 3I], once per batch
+        self.bias = parts.bias
+        head = rest.head
+        if head.kind == "tokens" and all(0 <= t < num_aux for t in head.tokens):
+            self.queries = list(head.tokens)  # slots of the auxiliary tokens the head reads
+        else:
+            self.queries = None  # every slot (mean / full pooling, or a head reading patch tokens)
+        dev, dt = tokens.device, tokens.dtype
+        self._tables = {name: torch.from_numpy(np.array(getattr(self.layout, name))).to(dev)
+                        for name in ("log_count", "count", "slot_of")}
+        self._tables["log_count"] = self._tables["log_count"].to(dt)
+        self._tables["count"] = self._tables["count"].to(dt)
+        self.proj_kv = self.proj[..., self.inner:].contiguous() if self.queries is not None and not rest.after else None
+        self.pool_weights = None
+        if self.queries is None and head.kind == "mean" and 0 <= head.start <= num_aux:
+            # Slot s is pooled when the tokens it stands for sit at positions >= head.start
+            # (auxiliary slot a is token a; window and zero slots are patch tokens).
+            position = np.where(self.layout.patch, num_aux, np.arange(self.layout.slots))
+            pooled = (position >= head.start).astype(np.float64) / (self.layout.num_tokens - head.start)
+            self.pool_weights = torch.from_numpy(pooled).to(dev, dt)
+
+    def rows(self, name: str, start: int, count: int) -> torch.Tensor:
+        table = self._tables[name]
+        p = torch.arange(start, start + count, device=table.device) % self.HW
+        return table[p]
+
+    def logits(self, start: int, count: int) -> torch.Tensor:
+        from ..kernels.token_mosaic import token_mosaic
+
+        rest, layout, inner = self.rest, self.layout, self.inner
+        log_count = self.rows("log_count", start, count)  # [n, U]
+        target = rest.target
+        only_queries = self.queries is not None and not rest.after
+        if only_queries:
+            # k = 1, head on auxiliary tokens: the target block needs k, v of every distinct token
+            # and q, residual, MLP of the queried auxiliary tokens only.
+            kv_bias = self.bias[inner:] if self.bias is not None else None
+            kv = token_mosaic(self.proj_kv, layout, start, count, kv_bias)
+            k, v = kv[..., :inner], kv[..., inner:]
+            images = torch.arange(start, start + count, device=kv.device) // self.HW
+            aux = 1.0 if self.cls_token else 0.0
+            q = self.proj[:, self.queries, :inner] * aux
+            if self.bias is not None:
+                q = q + self.bias[:inner]
+            x_q = self.tokens[:, self.queries] * aux
+            y = target.finish(x_q[images], target.parts.attend(q[images], k, v, log_count))
+        else:
+            x0 = token_mosaic(self.tokens, layout, start, count)
+            qkv = token_mosaic(self.proj, layout, start, count, self.bias)
+            q, k, v = qkv[..., :inner], qkv[..., inner:2 * inner], qkv[..., 2 * inner:]
+            queries = self.queries if not rest.after else None
+            if queries is not None:
+                q, x0 = q[:, queries], x0[:, queries]
+            y = target.finish(x0, target.parts.attend(q, k, v, log_count))
+            for i, blk in enumerate(rest.after):
+                last = i == len(rest.after) - 1
+                y = blk.weighted(y, log_count, self.queries if last else None)
+        z = rest.norm(y)
+        head = rest.head
+        if self.queries is not None:  # z holds the tokens the head reads, in its order
+            return _extract(head.fn(z))
+        if self.pool_weights is not None:  # mean pooling: every slot weighted by its count
+            w = self.rows("count", start, count) * self.pool_weights
+            return _extract(head.fn((w.unsqueeze(-1) * z).sum(1)))
+        # Any other pooling: expand the distinct tokens back to the full sequence.
+        slot_of = self.rows("slot_of", start, count)  # [n, N]
+        z_full = torch.gather(z, 1, slot_of.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
+        return head.apply(z_full)
+
+
+def _extract(out):
+    from ..models.head_graph import extract_logits
+
+    return extract_logits(out)
+
+
+# ------------------------------------------------------------------------------------ driver
+def _as_tokens(feature, grid, num_aux) -> Tuple[torch.Tensor, Tuple[int, int], int]:
+    if isinstance(feature, TokenFeature):
+        tokens = feature.tokens
+        grid = feature.grid if grid is None else tuple(grid)
+        num_aux = feature.num_aux if num_aux is None else num_aux
+    else:
+        tokens = feature
+        if grid is None:
+            raise XaifastError("pass grid=(H, W): the patch grid of the tokens")
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:
+        raise XaifastError(f"tokens must be a tensor [B, N, D], got "
+                           f"{list(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
+    if not tokens.is_floating_point():
+        raise XaifastError(f"tokens must be a float tensor, got {tokens.dtype}")
+    h, w = (int(g) for g in grid)
+    if h < 1 or w < 1:
+        raise XaifastError(f"grid must be positive, got {grid}")
+    num_aux = check_token_count(int(tokens.shape[1]), (h, w), num_aux)
+    return tokens, (h, w), num_aux
+
+
+def vit_masked_logits(feature: Union[TokenFeature, torch.Tensor], rest: Union[ViTRest, Callable], *,
+                      grid: Optional[Tuple[int, int]] = None, num_aux: Optional[int] = None, mask: str = "gaussian",
+                      cls_token: bool = True, use_fast_path: bool = True, memory_budget_mb: Optional[float] = None,
+                      chunk_size: Optional[int] = None) -> torch.Tensor:
+    """Logits of every cell's re-inference: [B*H*W, K], row b*H*W + i*W + j (the model's dtype)."""
+    tokens, (h, w), num_aux = _as_tokens(feature, grid, num_aux)
+    mask = normalize_mask_name(mask)
+    b, n_tok, dim = (int(s) for s in tokens.shape)
+    cells = b * h * w
+    fast = use_fast_path and isinstance(rest, ViTRest) and rest.fast_ok
+    if use_fast_path and isinstance(rest, ViTRest) and not rest.fast_ok and not getattr(rest, "_warned", False):
+        rest._warned = True
+        warnings.warn(f"vit_recipro_cam: the exact fast path does not apply to this model ({rest.fast_reason}); "
+                      "running the general (naive) re-inference", stacklevel=3)
+    if isinstance(rest, ViTRest) and rest.num_aux >= 0 and rest.num_aux != num_aux:
+        raise ModelSplitError(f"the tokens have {num_aux} auxiliary tokens, the model {rest.num_aux}")
+    tokens = tokens.detach()
+    outputs = []
+    with torch.no_grad():
+        if fast:
+            plan = _FastPlan(tokens, (h, w), num_aux, rest, mask, cls_token)
+            step = chunk_cells(plan.layout.slots, dim, _heads(rest), tokens.element_size(), memory_budget_mb,
+                               chunk_size)
+            for start in range(0, cells, step):
+                outputs.append(plan.logits(start, min(step, cells - start)))
+        else:
+            step = chunk_cells(n_tok, dim, _heads(rest), tokens.element_size(), memory_budget_mb, chunk_size)
+            for start in range(0, cells, step):
+                outputs.append(_extract(naive_logits(tokens, (h, w), num_aux, rest, mask, cls_token, start,
+                                                     min(step, cells - start))))
+    logits = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    if logits.ndim != 2 or logits.shape[0] != cells:
+        raise ModelSplitError(f"the model's rest returned shape {list(logits.shape)} for {cells} masked token "
+                              "sets; it must return logits [N, K]")
+    return logits
+
+
+def vit_recipro_cam(feature: Union[TokenFeature, torch.Tensor], rest: Union[ViTRest, Callable], mask: str = "gaussian",
+                    score: str = "softmax", *, grid: Optional[Tuple[int, int]] = None, num_aux: Optional[int] = None,
+                    cls_token: bool = True, use_fast_path: bool = True, normalize: bool = False,
+                    memory_budget_mb: Optional[float] = None, chunk_size: Optional[int] = None) -> SaliencyResult:
+    """ViT Recipro-CAM maps: raw float32 [B, K, H, W] (+ uint8 when normalize)."""
+    from ..kernels import score_maps
+
+    tokens, (h, w), num_aux = _as_tokens(feature, grid, num_aux)
+    logits = vit_masked_logits(tokens, rest, grid=(h, w), num_aux=num_aux, mask=mask, cls_token=cls_token,
+                               use_fast_path=use_fast_path, memory_budget_mb=memory_budget_mb,
+                               chunk_size=chunk_size)
+    if logits.dtype != torch.float32:
+        logits = logits.float()
+    raw, u8 = score_maps(logits.contiguous(), tokens.shape[0], h, w, score, normalize)
+    return SaliencyResult(raw, u8)
+
+
+__all__ = ["vit_recipro_cam", "vit_masked_logits", "naive_logits", "chunk_cells"]
