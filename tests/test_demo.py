@@ -1,35 +1,32 @@
-"""The embedded-default demo and the run folder it writes."""
-import io
+"""The embedded-default demo (`make demo`) and the run folder it writes."""
 import json
 import os
 
 import cv2
-import numpy as np
 import pytest
 
-from xaifast.demo import demo_photos, run_demo
+from xaifast.demo import demo_photos, main
 
 
 @pytest.mark.slow
-def test_demo_writes_maps_overlays_index_and_latest(tmp_path, skimage_data):
-    photos = [os.path.join(skimage_data, n) for n in ("coffee.png", "chelsea.png")]
-    out = io.StringIO()
-    first = run_demo(str(tmp_path), photos, out=out)
-    text = out.getvalue()
-    assert "espresso" in text and "explained 2 images, 4 files" in text
-    maps = first / "explain" / "saliency_maps"
-    assert sorted(os.listdir(maps)) == ["chelsea_class_285_overlay.png", "chelsea_class_285_saliency_map.png",
-                                        "coffee_class_967_overlay.png", "coffee_class_967_saliency_map.png"]
-    overlay = cv2.imread(str(maps / "coffee_class_967_overlay.png"))
-    assert overlay.shape == (400, 600, 3)
-    index = json.loads((first / "explain" / "index.json").read_text())
-    assert [r["predictions"][0]["label"] for r in index["images"]] == ["espresso", "Egyptian cat"]
+def test_demo_writes_maps_overlays_index_and_latest(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "coffee.png: espresso" in out and "chelsea.png: Egyptian cat" in out
+    n = len(demo_photos())
+    assert f"explained {n} images: {n} maps, {2 * n} files, 0 failed" in out
+    first = os.path.realpath(tmp_path / ".latest")
+    maps = os.path.join(first, "explain", "saliency_maps")
+    for name in ("coffee_class_967", "chelsea_class_285"):
+        for kind in ("saliency_map", "overlay"):
+            assert os.path.isfile(os.path.join(maps, f"{name}_{kind}.png"))
+    assert cv2.imread(os.path.join(maps, "coffee_class_967_overlay.png")).shape == (400, 600, 3)
+    index = json.loads(open(os.path.join(first, "explain", "index.json")).read())
+    assert index["images"][0]["predictions"][0]["label"] == "espresso"
     assert index["images"][0]["files"] == ["explain/saliency_maps/coffee_class_967_saliency_map.png",
                                            "explain/saliency_maps/coffee_class_967_overlay.png"]
-    assert os.path.realpath(tmp_path / ".latest") == str(first)
-    second = run_demo(str(tmp_path), photos[:1], out=io.StringIO())
-    assert second != first and (maps / "coffee_class_967_overlay.png").exists()  # first run kept
-    assert os.path.realpath(tmp_path / ".latest") == str(second)
+    assert main([str(tmp_path)]) == 0  # a second run: a new folder, the first kept
+    assert os.path.realpath(tmp_path / ".latest") != first and os.path.isdir(maps)
 
 
 def test_demo_photos_are_bundled():

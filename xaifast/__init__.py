@@ -12,10 +12,11 @@ from .errors import (ClassIndexError, DataError, ImageReadError, ModelSplitError
                      XaifastError)
 from .explanation import Explanation
 from .pipeline import ExplainRun, explain, saliency_maps
+from .exporter import export
 from .postprocess import postprocess
 
 __version__ = "0.1.0"
 
-__all__ = ["explain", "saliency_maps", "postprocess", "functional", "ExplainConfig", "TargetExplainGroup",
+__all__ = ["explain", "saliency_maps", "postprocess", "export", "functional", "ExplainConfig", "TargetExplainGroup",
            "Explanation", "ExplainRun", "Preprocess", "read_image", "XaifastError", "ClassIndexError",
            "DataError", "ImageReadError", "ModelSplitError", "TargetLayerError", "__version__"]

@@ -4,6 +4,8 @@
                                                       # scikit-image's photos
     xaifast explain --config small_cnn --checkpoint w.pth --data_root images/ \\
         --explain_config.target_explain_group PREDICTIONS --explain_config.postprocess True
+    xaifast export --config small_cnn --checkpoint w.pth --explain True     # OpenVINO IR
+    xaifast explain --checkpoint xaifast-workspace/.latest/exported_model.xml --data_root images/
 """
 from __future__ import annotations
 
@@ -47,7 +49,29 @@ def _explain_parser() -> ArgumentParser:
                    help=f"{' | '.join(ALGORITHMS)} (classwisesaliencymap = recipro_cam for CNNs)")
     p.add_argument("--device", type=str, default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--precision", type=str, default="f32",
+                   help="exported models (--checkpoint model.xml / .onnx): OpenVINO inference precision "
+                        "f32 | bf16 | f16 | auto (auto: the device's default, bf16 on CPUs with AVX512-BF16)")
     p.add_argument("--progress", type=bool, default=True, help="show a progress bar on a terminal")
+    return p
+
+
+def _export_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Export a recipe's model as OpenVINO IR (.xml/.bin) or ONNX. With --explain "
+                       "True the model gets the extra outputs saliency_map (uint8 [B, K, h, w]) and feature_map; "
+                       "`xaifast explain --checkpoint <exported model>` then explains with it.")
+    p.add_argument("--config", type=Optional[str], default=None, help="recipe (YAML file or built-in name); "
+                   "default: efficientnet_lite0")
+    p.add_argument("--checkpoint", type=Optional[str], default=None, help="weights (a state_dict .pth)")
+    p.add_argument("--work_dir", type=str, default="xaifast-workspace", help="the export goes to a new run folder here")
+    p.add_argument("--export_format", type=str, default="OPENVINO", help="OPENVINO | ONNX")
+    p.add_argument("--explain", type=bool, default=False, help="add the saliency_map and feature_map outputs")
+    p.add_argument("--explain_config.target_explain_group", type=str, default="ALL",
+                   help="recorded in the model's metadata (the default group when explaining it)")
+    p.add_argument("--explain_config.mask", type=str, default="1x1", help="Recipro-CAM mask: 1x1 | gaussian")
+    p.add_argument("--explain_config.score", type=Optional[str], default=None, help="softmax | sigmoid | none")
+    p.add_argument("--explain_algorithm", "--explain-algorithm", type=str, default="auto",
+                   help="auto | classwisesaliencymap | recipro_cam | activationmap")
     return p
 
 
@@ -57,6 +81,7 @@ def build_parser() -> ArgumentParser:
                             version=f"xaifast {__version__}")
     sub = parser.add_subcommands(dest="command")
     sub.add_subcommand("explain", _explain_parser(), help="explain a model on images (maps, overlays, index)")
+    sub.add_subcommand("export", _export_parser(), help="export a model (OpenVINO IR or ONNX), with explain outputs")
     return parser
 
 
@@ -64,26 +89,63 @@ def _explain(a) -> int:
     from .config import ExplainConfig
     from .demo import demo_photos
     from .job import run_explain_job
+    from .models.openvino_model import is_exported_model
     from .recipe import load_recipe
 
-    embedded = a.config is None and a.data_root is None
-    if a.config is not None and a.data_root is None:
-        raise _Usage("--data_root is required with --config (a folder of images or an image file)")
-    recipe = load_recipe(a.config)
+    exported = a.checkpoint is not None and is_exported_model(a.checkpoint)
+    embedded = a.config is None and a.data_root is None and not exported
+    if (a.config is not None or exported) and a.data_root is None:
+        raise _Usage("--data_root is required with --config or an exported model (a folder of images or an image file)")
+    if a.batch_size < 1:
+        raise _Usage(f"--batch_size must be >= 1, got {a.batch_size}")
+    recipe = load_recipe(a.config) if (a.config is not None or not exported) else None
     ec = a.explain_config
     group = ec.target_explain_group or ("PREDICTIONS" if embedded else "ALL")
     if ec.target_classes and ec.target_explain_group is None:
         group = "CUSTOM"
     classes = [int(c) if str(c).lstrip("-").isdigit() else c for c in ec.target_classes] if ec.target_classes else None
     postprocess = ec.postprocess if ec.postprocess is not None else embedded
+    score = ec.score or (recipe.score if recipe else "softmax")
     config = ExplainConfig(target_explain_group=group, target_classes=classes, postprocess=postprocess,
-                           algorithm=a.explain_algorithm, mask=ec.mask, score=ec.score or recipe.score)
+                           algorithm=a.explain_algorithm, mask=ec.mask, score=score)
     data = demo_photos() if embedded else a.data_root
-    if a.batch_size < 1:
-        raise _Usage(f"--batch_size must be >= 1, got {a.batch_size}")
-    summary = run_explain_job(recipe, data, config, work_dir=a.work_dir, dump=a.dump, checkpoint=a.checkpoint,
-                              batch_size=a.batch_size, device=a.device, progress=a.progress)
+    if exported:
+        model, settings = a.checkpoint, {"model": a.checkpoint, "precision": a.precision}
+    else:
+        model = recipe.build(a.checkpoint).to(a.device)
+        settings = {"recipe": recipe.name, "checkpoint": a.checkpoint or recipe.checkpoint}
+    summary = run_explain_job(
+        model, data, config, work_dir=a.work_dir, dump=a.dump, settings=settings, batch_size=a.batch_size,
+        progress=a.progress, precision=a.precision,
+        preprocess=recipe.preprocess if recipe else None, labels=recipe.labels if recipe else None,
+        target_layer=recipe.target_layer if recipe else None)
     return 0 if summary.images > 0 else 1
+
+
+def _export(a) -> int:
+    from pathlib import Path
+
+    from .config import ExplainConfig
+    from .dump import new_run_dir, point_latest
+    from .exporter import export
+    from .recipe import load_recipe
+
+    formats = {"OPENVINO": ".xml", "ONNX": ".onnx"}
+    fmt = a.export_format.upper()
+    if fmt not in formats:
+        raise _Usage(f"--export_format must be OPENVINO or ONNX, got {a.export_format}")
+    recipe = load_recipe(a.config)
+    model = recipe.build(a.checkpoint)
+    ec = a.explain_config
+    config = ExplainConfig(target_explain_group=ec.target_explain_group, algorithm=a.explain_algorithm,
+                           mask=ec.mask, score=ec.score or recipe.score)
+    run_dir = new_run_dir(Path(a.work_dir))
+    path = export(model, run_dir / f"exported_model{formats[fmt]}", explain=a.explain, config=config,
+                  target_layer=recipe.target_layer, preprocess=recipe.preprocess, labels=recipe.labels)
+    point_latest(Path(a.work_dir), run_dir)
+    outputs = "logits, saliency_map, feature_map" if a.explain else "logits"
+    print(f"exported {recipe.name} ({fmt}, outputs: {outputs}) -> {path}")
+    return 0
 
 
 class _Usage(Exception):
@@ -99,6 +161,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command == "export":
+            return _export(args.export)
         return _explain(args.explain)
     except (XaifastError, _Usage) as exc:
         print(f"xaifast: error: {exc}", file=sys.stderr)

@@ -19,6 +19,30 @@ import numpy as np
 from .explanation import Explanation
 
 
+def new_run_dir(work_dir: Path) -> Path:
+    """A fresh run folder <work_dir>/<YYYYmmdd_HHMMSS>[_n]: never an earlier run's."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    run, n = work_dir / stamp, 1
+    while True:
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            run, n = work_dir / f"{stamp}_{n}", n + 1
+
+
+def point_latest(work_dir: Path, run_dir: Path) -> None:
+    """<work_dir>/.latest -> the run (a relative symlink; a text file where links are not possible)."""
+    latest = work_dir / ".latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    try:
+        os.symlink(run_dir.name, latest, target_is_directory=True)
+    except OSError:
+        latest.write_text(run_dir.name + "\n")
+
+
 def _png(path: Path, image: np.ndarray) -> None:
     data = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", data)
@@ -33,13 +57,8 @@ class RunWriter:
     def __init__(self, work_dir, labels: Optional[Sequence[str]] = None, settings: Optional[dict] = None,
                  alpha: float = 0.5):
         self.work_dir = Path(work_dir)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d_%H%M%S")
-        run, n = self.work_dir / stamp, 1
-        while run.exists():  # never clobber an earlier run
-            run, n = self.work_dir / f"{stamp}_{n}", n + 1
-        self.run_dir = run
-        self.maps_dir = run / "explain" / "saliency_maps"
+        self.run_dir = new_run_dir(self.work_dir)
+        self.maps_dir = self.run_dir / "explain" / "saliency_maps"
         self.maps_dir.mkdir(parents=True)
         self.labels = list(labels) if labels is not None else None
         self.settings = settings or {}
@@ -89,11 +108,5 @@ class RunWriter:
         index = {"run": self.run_dir.name, "settings": self.settings, "images": self.records,
                  "failures": [{"source": str(s), "reason": r} for s, r in failures]}
         (self.run_dir / "explain" / "index.json").write_text(json.dumps(index, indent=2))
-        latest = self.work_dir / ".latest"
-        if latest.is_symlink() or latest.exists():
-            latest.unlink()
-        try:
-            os.symlink(self.run_dir.name, latest, target_is_directory=True)
-        except OSError:  # file systems without symlinks: a text file naming the run
-            latest.write_text(self.run_dir.name + "\n")
+        point_latest(self.work_dir, self.run_dir)
         return self.run_dir

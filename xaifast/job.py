@@ -12,7 +12,6 @@ from .config import ExplainConfig
 from .data import is_file_input, list_image_files
 from .dump import RunWriter
 from .pipeline import explain
-from .recipe import Recipe
 
 
 @dataclass
@@ -29,20 +28,25 @@ class JobSummary:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_explain_job(recipe: Recipe, data, config: ExplainConfig, *, work_dir: str, dump: bool = True,
-                    checkpoint: Optional[str] = None, batch_size: int = 16, device: str = "cpu",
-                    progress: bool = True, out: TextIO = sys.stdout) -> JobSummary:
-    model = recipe.build(checkpoint).to(device)
+def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: bool = True,
+                    preprocess=None, labels: Optional[List[str]] = None, target_layer: Optional[str] = None,
+                    settings: Optional[dict] = None, batch_size: int = 16, progress: bool = True,
+                    out: TextIO = sys.stdout, precision: str = "f32") -> JobSummary:
+    """model: an nn.Module, or the path of an exported .xml / .onnx model (run with OpenVINO)."""
+    from .models.openvino_model import OpenVINOAdapter, is_exported_model
+
+    if is_exported_model(model):
+        model = OpenVINOAdapter(model, precision=precision, preprocess=preprocess, labels=labels)
+        labels = model.labels
     if is_file_input(data):
         data = [str(p) for p in list_image_files(data)]
     total = len(data) if isinstance(data, list) else None
-    settings = {"recipe": recipe.name, "checkpoint": checkpoint or recipe.checkpoint,
-                "algorithm": config.algorithm, "target_explain_group": config.target_explain_group.name,
-                "postprocess": config.postprocess, "mask": config.mask, "score": config.score}
-    writer = RunWriter(work_dir, recipe.labels, settings, config.alpha) if dump else None
+    settings = dict(settings or {}, algorithm=config.algorithm, target_explain_group=config.target_explain_group.name,
+                    postprocess=config.postprocess, mask=config.mask, score=config.score)
+    writer = RunWriter(work_dir, labels, settings, config.alpha) if dump else None
     start = time.perf_counter()
-    run = explain(model, data, config, target_layer=recipe.target_layer, preprocess=recipe.preprocess,
-                  labels=recipe.labels, batch_size=batch_size)
+    run = explain(model, data, config, target_layer=target_layer, preprocess=preprocess, labels=labels,
+                  batch_size=batch_size)
     maps = 0
     bar = _progress(total, progress)
     try:

@@ -12,20 +12,31 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import torch
 
-from .algorithms import SaliencyResult, explain_activation_map, explain_eigen_cam, recipro_cam, resolve_algorithm
+from .algorithms import (SaliencyResult, explain_activation_map, explain_eigen_cam, recipro_cam, requested_model_kind,
+                         resolve_algorithm, vit_recipro_cam)
 from .config import ExplainConfig, TargetExplainGroup
 from .data import Preprocess, Sample, iter_samples
 from .errors import ClassIndexError, DataError, XaifastError
 from .explanation import Explanation
 from .functional import normalize
 from .models.classifier import ClassifierAdapter
+from .models.openvino_model import OpenVINOAdapter, is_exported_model
+from .models.vit_adapter import TokenFeature, ViTAdapter, is_transformer
 
 DEFAULT_BATCH_SIZE = 16
 
 
-def as_adapter(model, *, target_layer=None, backbone=None, head=None, preprocess=None, labels=None):
-    if isinstance(model, ClassifierAdapter):
+def as_adapter(model, *, target_layer=None, backbone=None, head=None, preprocess=None, labels=None,
+               algorithm: str = "auto", target_block: int = 1):
+    if isinstance(model, (ClassifierAdapter, ViTAdapter, OpenVINOAdapter)):
         return model
+    if is_exported_model(model):
+        return OpenVINOAdapter(model, preprocess=preprocess, labels=labels)
+    if isinstance(model, torch.nn.Module) and backbone is None and head is None:
+        wanted = requested_model_kind(algorithm)
+        if wanted == "transformer" or (wanted is None and is_transformer(model, target_layer)):
+            return ViTAdapter(model, target_layer=target_layer, target_block=target_block, preprocess=preprocess,
+                              labels=labels)
     if model is None or isinstance(model, torch.nn.Module):
         return ClassifierAdapter(model, target_layer=target_layer, backbone=backbone, head=head,
                                  preprocess=preprocess, labels=labels)
@@ -91,7 +102,7 @@ class ExplainRun:
     that were skipped as (source, reason) and `count` the images explained."""
 
     def __init__(self, adapter: ClassifierAdapter, data, config: ExplainConfig, batch_size: int,
-                 memory_budget_mb: Optional[float]):
+                 memory_budget_mb: Optional[float], vit_options: Optional[dict] = None):
         if batch_size < 1:
             raise XaifastError(f"batch_size must be >= 1, got {batch_size}")
         self.adapter = adapter
@@ -101,6 +112,11 @@ class ExplainRun:
         self.failures: List[Tuple[Union[str, int], str]] = []
         self.count = 0
         self.algorithm = resolve_algorithm(config.algorithm, adapter.kind, config.target_explain_group)
+        if isinstance(adapter, OpenVINOAdapter) and str(config.algorithm).lower() in ("auto", "classwisesaliencymap") \
+                and config.target_explain_group is not TargetExplainGroup.IMAGE:
+            self.algorithm = adapter.algorithm  # what the exported graph computes
+        self.mask = config.mask if config.mask != "auto" else "gaussian" if adapter.kind == "transformer" else "1x1"
+        self.vit_options = dict(vit_options or {})
         self._samples = iter_samples(data, adapter.preprocess)  # validates data now: errors come early
 
     def __iter__(self) -> Iterator[Explanation]:
@@ -115,11 +131,13 @@ class ExplainRun:
     # ----------------------------------------------------------------------------------
     def saliency(self, feature: torch.Tensor, normalize_maps: bool) -> SaliencyResult:
         cfg = self.config
-        if self.algorithm == "activationmap":
-            return explain_activation_map(feature)
-        if self.algorithm == "eigencam":
-            return explain_eigen_cam(feature)
-        return recipro_cam(feature, self.adapter.head(feature), cfg.mask, cfg.score, normalize=normalize_maps,
+        if self.algorithm in ("activationmap", "eigencam"):
+            fmap = feature.feature_map() if isinstance(feature, TokenFeature) else feature
+            return explain_activation_map(fmap) if self.algorithm == "activationmap" else explain_eigen_cam(fmap)
+        if self.algorithm == "vit_recipro_cam":
+            return vit_recipro_cam(feature, self.adapter.rest(), self.mask, cfg.score, normalize=normalize_maps,
+                                   memory_budget_mb=self.memory_budget_mb, **self.vit_options)
+        return recipro_cam(feature, self.adapter.head(feature), self.mask, cfg.score, normalize=normalize_maps,
                            memory_budget_mb=self.memory_budget_mb)
 
     def _targets(self, scores: np.ndarray, predicted: List[int], num_classes: int) -> List[int]:
@@ -135,14 +153,19 @@ class ExplainRun:
 
         cfg = self.config
         x = torch.stack([s.tensor for s in batch])
-        feature, logits = self.adapter.forward(x)
+        if isinstance(self.adapter, OpenVINOAdapter):
+            logits, result = self.adapter.explain_batch(x, self.algorithm)
+        else:
+            feature, logits = self.adapter.forward(x)
+            result = None
         if logits.ndim != 2:
             raise XaifastError(f"the model returned logits of shape {list(logits.shape)}; a classifier "
                                "must return [B, num_classes]")
         num_classes = logits.shape[1]
         if cfg.target_explain_group is TargetExplainGroup.CUSTOM:
             resolve_classes(cfg.target_classes, num_classes, self.adapter.labels)  # fail before the work
-        result = self.saliency(feature, normalize_maps=True)
+        if result is None:
+            result = self.saliency(feature, normalize_maps=True)
         u8 = result.normalized if result.normalized is not None else normalize(result.raw)
         u8 = u8.cpu().numpy()
         scores = scores_of(logits, cfg.score).cpu().numpy()
@@ -172,7 +195,8 @@ class ExplainRun:
 def explain(model, data, config: Optional[ExplainConfig] = None, *, target_layer: Optional[str] = None,
             backbone: Optional[Callable] = None, head: Optional[Callable] = None,
             preprocess: Optional[Preprocess] = None, labels: Optional[Sequence[str]] = None,
-            batch_size: int = DEFAULT_BATCH_SIZE, memory_budget_mb: Optional[float] = None) -> ExplainRun:
+            batch_size: int = DEFAULT_BATCH_SIZE, memory_budget_mb: Optional[float] = None,
+            target_block: int = 1, cls_token: bool = True, use_fast_path: bool = True) -> ExplainRun:
     """Explain `model` on `data`; stream one `Explanation` per image, in input order.
 
     model: a torch.nn.Module (target layer detected, or `target_layer="module.name"`), or None
@@ -180,22 +204,32 @@ def explain(model, data, config: Optional[ExplainConfig] = None, *, target_layer
         [B, 3, H, W], or an iterable of tensors (a DataLoader). config: `ExplainConfig`.
     preprocess: how image files become model inputs (size, mean, std); labels: class names.
     memory_budget_mb bounds the masked feature maps the head sees at once.
+    Transformers (a model with a recognizable block list; vit_recipro_cam): target_block = k-th
+    block from the end (or target_layer= naming the block list or one block), cls_token = keep
+    the auxiliary tokens in the masked token sets, use_fast_path = exact distinct-token re-inference.
     """
     config = config or ExplainConfig()
     adapter = as_adapter(model, target_layer=target_layer, backbone=backbone, head=head,
-                         preprocess=preprocess, labels=labels)
-    return ExplainRun(adapter, data, config, batch_size, memory_budget_mb)
+                         preprocess=preprocess, labels=labels, algorithm=config.algorithm, target_block=target_block)
+    return ExplainRun(adapter, data, config, batch_size, memory_budget_mb,
+                      vit_options=dict(cls_token=cls_token, use_fast_path=use_fast_path))
 
 
 def saliency_maps(model, images, algorithm: str = "auto", *, target_layer: Optional[str] = None,
-                  backbone: Optional[Callable] = None, head: Optional[Callable] = None, mask: str = "1x1",
+                  backbone: Optional[Callable] = None, head: Optional[Callable] = None, mask: str = "auto",
                   score: str = "softmax", preprocess: Optional[Preprocess] = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE, memory_budget_mb: Optional[float] = None) -> torch.Tensor:
-    """Raw float32 saliency maps [B, K, h, w] (K = 1 for class-agnostic algorithms)."""
+                  batch_size: int = DEFAULT_BATCH_SIZE, memory_budget_mb: Optional[float] = None,
+                  target_block: int = 1, cls_token: bool = True, use_fast_path: bool = True) -> torch.Tensor:
+    """Raw float32 saliency maps [B, K, h, w] (K = 1 for class-agnostic algorithms).
+    mask "auto": 1x1 for CNNs, gaussian for transformers (as OTX)."""
     group = TargetExplainGroup.ALL
     config = ExplainConfig(target_explain_group=group, algorithm=algorithm, mask=mask, score=score)
     run = explain(model, images, config, target_layer=target_layer, backbone=backbone, head=head,
-                  preprocess=preprocess, batch_size=batch_size, memory_budget_mb=memory_budget_mb)
+                  preprocess=preprocess, batch_size=batch_size, memory_budget_mb=memory_budget_mb,
+                  target_block=target_block, cls_token=cls_token, use_fast_path=use_fast_path)
+    if isinstance(run.adapter, OpenVINOAdapter) and run.algorithm not in ("activationmap", "eigencam"):
+        raise XaifastError("an exported model carries normalized uint8 maps, not raw ones: use "
+                           "xaifast.explain(path, data) for them, or saliency_maps on the PyTorch model")
     raws = []
     for batch in _batches(run._samples, batch_size, run.failures):
         feature, _ = run.adapter.forward(torch.stack([s.tensor for s in batch]))

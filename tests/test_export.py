@@ -1,0 +1,130 @@
+"""Export with explain outputs, and explaining the exported IR / ONNX: same maps as PyTorch."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import xaifast
+from xaifast.models import ConvHeadCNN, SmallCNN
+from xaifast.models.openvino_model import ExportedModelError
+
+ov = pytest.importorskip("openvino")
+
+
+def maps_of(model, x, batch_size, **kw):
+    cfg = xaifast.ExplainConfig(target_explain_group="ALL")
+    return [e for e in xaifast.explain(model, x, cfg, batch_size=batch_size, **kw)]
+
+
+def assert_same_explanations(a, b):
+    assert [e.source for e in a] == [e.source for e in b]
+    for ea, eb in zip(a, b):
+        assert ea.predicted == eb.predicted
+        np.testing.assert_allclose(ea.prediction, eb.prediction, rtol=1e-4, atol=1e-5)
+        assert list(ea.saliency_map) == list(eb.saliency_map)
+        for k in ea.saliency_map:
+            diff = np.abs(ea.saliency_map[k].astype(int) - eb.saliency_map[k].astype(int)).max()
+            assert diff <= 1, (ea.source, k, diff)
+
+
+CASES = [(SmallCNN, None, ".xml"), (SmallCNN, None, ".onnx"), (ConvHeadCNN, "features", ".xml"),
+         (ConvHeadCNN, "features", ".onnx")]
+
+
+@pytest.mark.parametrize("make,target,suffix", CASES, ids=["gap-ir", "gap-onnx", "convhead-ir", "convhead-onnx"])
+def test_exported_maps_equal_pytorch_maps(tmp_path, make, target, suffix):
+    model = make(num_classes=6).eval()
+    pre = xaifast.Preprocess(input_size=(48, 40))
+    path = xaifast.export(model, tmp_path / f"m{suffix}", explain=True, target_layer=target, preprocess=pre,
+                          labels=list("abcdef"))
+    for n, batch_size in ((1, 1), (5, 2), (4, 4)):  # dynamic batch
+        x = torch.randn(n, 3, 48, 40)
+        assert_same_explanations(maps_of(path, x, batch_size), maps_of(model, x, batch_size, target_layer=target))
+    run = list(xaifast.explain(path, torch.randn(2, 3, 48, 40), xaifast.ExplainConfig(target_explain_group="IMAGE")))
+    assert all(list(e.saliency_map) == ["image"] for e in run)
+
+
+def test_metadata_and_outputs(tmp_path):
+    model = SmallCNN(num_classes=3).eval()
+    cfg = xaifast.ExplainConfig(target_explain_group="PREDICTIONS", algorithm="activationmap")
+    path = xaifast.export(model, tmp_path / "m.xml", config=cfg, preprocess=xaifast.Preprocess(input_size=(32, 32)))
+    m = ov.Core().read_model(str(path))
+    assert [o.get_any_name() for o in m.outputs] == ["logits", "saliency_map", "feature_map"]
+    assert m.inputs[0].get_partial_shape()[0].is_dynamic
+    meta = json.loads(m.get_rt_info(["model_info", "xaifast"]).astype(str))
+    assert meta["algorithm"] == "activationmap" and meta["target_explain_group"] == "PREDICTIONS"
+    assert meta["input_size"] == [32, 32] and meta["target_layer"] == "features"
+    exs = list(xaifast.explain(path, torch.randn(2, 3, 32, 32)))
+    assert all(list(e.saliency_map) == ["image"] and e.saliency_map["image"].shape == (4, 4) for e in exs)
+
+
+def test_export_without_explain_and_its_clear_error(tmp_path):
+    model = SmallCNN(num_classes=3).eval()
+    path = xaifast.export(model, tmp_path / "plain.xml", explain=False, preprocess=xaifast.Preprocess(input_size=(32, 32)))
+    assert [o.get_any_name() for o in ov.Core().read_model(str(path)).outputs] == ["logits"]
+    with pytest.raises(ExportedModelError, match="--explain True"):
+        xaifast.explain(path, torch.randn(1, 3, 32, 32))
+    with pytest.raises(xaifast.XaifastError, match="eigencam"):
+        xaifast.export(model, tmp_path / "e.xml", config=xaifast.ExplainConfig(algorithm="eigencam"))
+    with pytest.raises(xaifast.XaifastError, match=".xml"):
+        xaifast.export(model, tmp_path / "m.pt")
+
+
+@pytest.mark.slow
+def test_efficientnet_ir_parity(tmp_path, efficientnet, skimage_data):
+    from xaifast.models.efficientnet import EFFICIENTNET_LITE_PREPROCESS, imagenet_labels
+
+    path = xaifast.export(efficientnet, tmp_path / "eff.xml", preprocess=EFFICIENTNET_LITE_PREPROCESS,
+                          labels=imagenet_labels())
+    photos = [os.path.join(skimage_data, n) for n in ("coffee.png", "chelsea.png", "astronaut.png")]
+    cfg = xaifast.ExplainConfig(target_explain_group="PREDICTIONS")
+    for bs in (1, 3):
+        ir = list(xaifast.explain(path, photos, cfg, batch_size=bs))
+        pt = list(xaifast.explain(efficientnet, photos, cfg, batch_size=bs, preprocess=EFFICIENTNET_LITE_PREPROCESS))
+        assert_same_explanations(ir, pt)
+    assert ir[0].predicted == [967] and ir[0].labels == {967: "espresso"}
+
+
+def test_cli_export_then_explain_the_ir(tmp_path):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "w.pth"
+    torch.save(SmallCNN(num_classes=10).state_dict(), ckpt)
+    images = tmp_path / "images"
+    images.mkdir()
+    import cv2
+
+    for i in range(3):
+        cv2.imwrite(str(images / f"im{i}.png"), (np.random.default_rng(i).random((70, 90, 3)) * 255).astype(np.uint8))
+    cli = [sys.executable, "-P", "-m", "xaifast.cli"]
+    work = tmp_path / "work"
+    proc = subprocess.run(cli + ["export", "--config", "small_cnn", "--checkpoint", str(ckpt), "--explain", "True",
+                                 "--work_dir", str(work)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    ir = work / ".latest" / "exported_model.xml"
+    assert ir.is_file() and str(ir.resolve()) in proc.stdout.replace(str(ir), str(ir.resolve()))
+    runs = {}
+    for name, model_args in (("ir", ["--checkpoint", str(ir)]), ("pt", ["--config", "small_cnn", "--checkpoint", str(ckpt)])):
+        proc = subprocess.run(cli + ["explain", *model_args, "--data_root", str(images), "--work_dir", str(tmp_path / name),
+                                     "--explain_config.target_explain_group", "PREDICTIONS"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = tmp_path / name / ".latest" / "explain"
+    files = sorted(os.listdir(runs["pt"] / "saliency_maps"))
+    assert sorted(os.listdir(runs["ir"] / "saliency_maps")) == files and len(files) == 6
+    from xaifast.postprocess import jet_lut
+
+    jet = jet_lut().astype(int)
+    jet_step = np.abs(np.diff(jet, axis=0)).max()  # largest change of a JET colour per map level
+    for f in files:
+        a = cv2.imread(str(runs["ir"] / "saliency_maps" / f), cv2.IMREAD_UNCHANGED).astype(int)
+        b = cv2.imread(str(runs["pt"] / "saliency_maps" / f), cv2.IMREAD_UNCHANGED).astype(int)
+        if f.endswith("saliency_map.png"):
+            assert a.shape == (8, 8) and np.abs(a - b).max() <= 1, f  # the maps themselves: within 1
+        else:  # overlays: a map level apart moves the JET colour by at most jet_step, times alpha
+            assert np.abs(a - b).max() <= np.ceil(0.5 * jet_step) + 1, f
+    index = json.loads((runs["ir"] / "index.json").read_text())
+    assert index["images"][0]["predictions"][0]["label"] in ("airplane", "automobile", "bird", "cat", "deer", "dog",
+                                                            "frog", "horse", "ship", "truck")

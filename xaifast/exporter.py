@@ -1,0 +1,193 @@
+"""Export a model with its explanation inside the graph: OpenVINO IR (`.xml`/`.bin`) or ONNX,
+with outputs `logits`, `saliency_map` (normalized uint8 [B, K, h, w]) and `feature_map` (the
+target layer's output), dynamic batch, and the explain settings in the model's metadata.
+
+The explain graph is the same math as the PyTorch path: the model's forward with a hook on
+the target layer, then Recipro-CAM on the cut head (GAP shortcut as a depthwise convolution
+with the mask kernel, or the head on a mosaic batch), softmax / sigmoid, the transpose to
+[B, K, h, w] and the float32 min-max normalization of SPEC.md.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .config import ExplainConfig, normalize_mask_name
+from .data import Preprocess
+from .errors import XaifastError
+from .models.classifier import ClassifierAdapter
+from .models.head_graph import Head, extract_logits
+
+OUTPUTS = ("logits", "saliency_map", "feature_map")
+METADATA_KEY = "xaifast"
+EXPORTABLE = ("recipro_cam", "activationmap")
+
+
+class ExportError(XaifastError, ValueError):
+    """The model cannot be exported as asked."""
+
+
+def _mask_kernel(mask: str) -> torch.Tensor:
+    from .kernels import mask_kernel
+
+    return torch.from_numpy(mask_kernel(normalize_mask_name(mask)))
+
+
+def _cell_masks(kernel: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[H*W, H, W]: m_p for every cell p (zero outside the grid, not renormalized)."""
+    k = kernel.shape[0]
+    r = k // 2
+    masks = torch.zeros(h * w, h + 2 * r, w + 2 * r, dtype=kernel.dtype)
+    for i in range(h):
+        for j in range(w):
+            masks[i * w + j, i:i + k, j:j + k] = kernel
+    return masks[:, r:r + h, r:r + w].contiguous()
+
+
+def _normalize_u8(raw: torch.Tensor) -> torch.Tensor:
+    mn = raw.amin(dim=(-2, -1), keepdim=True)
+    mx = raw.amax(dim=(-2, -1), keepdim=True)
+    u = torch.floor((raw - mn) / ((mx - mn) + 1e-12) * 255.0)
+    return u.clamp(0.0, 255.0).to(torch.uint8)
+
+
+class ExplainGraph(nn.Module):
+    """model(x) -> (logits, saliency_map uint8, feature_map), traceable by torch.export."""
+
+    def __init__(self, model: nn.Module, target_name: str, call_index: int, head: Head, feature_shape,
+                 algorithm: str = "recipro_cam", mask: str = "1x1", score: str = "softmax"):
+        super().__init__()
+        self.model = model
+        self.target_name = target_name
+        self.call_index = call_index
+        self.algorithm = algorithm
+        self.score = score
+        self.head_full = head.full if isinstance(head.full, nn.Module) else None
+        self.head_rest = head.after_gap if isinstance(head.after_gap, nn.Module) else None
+        self.gap_keepdim = head.gap_keepdim
+        if algorithm == "recipro_cam" and self.head_rest is None and self.head_full is None:
+            raise ExportError("the head is an opaque callable; export needs a model whose head can be cut "
+                              "from its graph (pass the nn.Module with target_layer=)")
+        _, _, h, w = feature_shape
+        kernel = _mask_kernel(mask)
+        self.register_buffer("kernel", kernel, persistent=False)
+        self.register_buffer("cell_masks", _cell_masks(kernel, h, w), persistent=False)
+
+    def forward(self, x):
+        seen = []
+        handle = self.model.get_submodule(self.target_name).register_forward_hook(lambda m, a, o: seen.append(o))
+        try:
+            logits = extract_logits(self.model(x))
+        finally:
+            handle.remove()
+        feature = seen[self.call_index]
+        if self.algorithm == "activationmap":
+            return logits, _normalize_u8(feature.mean(dim=1, keepdim=True)), feature
+        b, c, h, w = feature.shape
+        if self.head_rest is not None:
+            k = self.kernel.shape[0]
+            weight = self.kernel.to(feature.dtype).view(1, 1, k, k).expand(c, 1, k, k)
+            pooled = nn.functional.conv2d(feature, weight, padding=k // 2, groups=c) / (h * w)
+            pooled = pooled.permute(0, 2, 3, 1).reshape(-1, c)
+            if self.gap_keepdim:
+                pooled = pooled.reshape(-1, c, 1, 1)
+            cell_logits = extract_logits(self.head_rest(pooled))
+        else:
+            masks = self.cell_masks.to(feature.dtype)
+            mosaic = (feature.unsqueeze(1) * masks[None, :, None]).reshape(-1, c, h, w)
+            cell_logits = extract_logits(self.head_full(mosaic))
+        if self.score == "softmax":
+            cell_logits = torch.softmax(cell_logits, dim=1)
+        elif self.score == "sigmoid":
+            cell_logits = torch.sigmoid(cell_logits)
+        raw = cell_logits.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        return logits, _normalize_u8(raw), feature
+
+
+class LogitsOnly(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return extract_logits(self.model(x))
+
+
+def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, config: Optional[ExplainConfig] = None,
+           target_layer: Optional[str] = None, preprocess: Optional[Preprocess] = None,
+           labels: Optional[Sequence[str]] = None, example_input: Optional[torch.Tensor] = None) -> Path:
+    """Write `model` as OpenVINO IR (path ends with .xml) or ONNX (.onnx).
+
+    explain=True adds the outputs `saliency_map` and `feature_map`; the explain algorithm
+    (recipro_cam or activationmap), mask, score, target group, preprocessing and labels are
+    recorded in the model's metadata so `xaifast.explain(path, data)` needs nothing else.
+    """
+    from .algorithms import resolve_algorithm
+
+    path = Path(path)
+    if path.suffix not in (".xml", ".onnx"):
+        raise ExportError(f"export path {path} must end with .xml (OpenVINO IR) or .onnx")
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"export takes a torch.nn.Module, got {type(model).__name__}")
+    config = config or ExplainConfig()
+    preprocess = preprocess or Preprocess()
+    algorithm = resolve_algorithm(config.algorithm, "cnn_classifier", config.target_explain_group)
+    if explain and algorithm not in EXPORTABLE:
+        raise ExportError(f"{algorithm} cannot be exported inside the graph (it needs an SVD); export with "
+                          "recipro_cam (classwisesaliencymap) or activationmap")
+    mask = "1x1" if config.mask == "auto" else config.mask  # OTX's CNN default
+    model = model.eval()
+    x = example_input if example_input is not None else torch.randn(2, 3, *preprocess.input_size)
+    adapter = ClassifierAdapter(model, target_layer=target_layer, preprocess=preprocess, labels=labels)
+    feature, logits = adapter.forward(x)
+    if explain:
+        module = ExplainGraph(model, adapter.target.name, adapter.target.call_index, adapter.head(feature),
+                              tuple(feature.shape), algorithm, mask, config.score).eval()
+        names = list(OUTPUTS)
+    else:
+        module, names = LogitsOnly(model).eval(), ["logits"]
+    metadata = {"explain": explain, "outputs": names, "model_type": "cnn_classifier",
+                "input_size": list(preprocess.input_size), "mean": list(preprocess.mean),
+                "std": list(preprocess.std), "labels": list(labels) if labels is not None else None,
+                "score": config.score, "num_classes": int(logits.shape[1])}
+    if explain:
+        metadata.update(algorithm=algorithm, mask=mask, target_layer=adapter.target.name,
+                        target_explain_group=config.target_explain_group.name,
+                        feature_shape=list(feature.shape[1:]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    with torch.no_grad():
+        program = torch.export.export(module, (x,), dynamic_shapes=({0: batch},), strict=False)
+    if path.suffix == ".xml":
+        _save_openvino(program, names, metadata, path)
+    else:
+        _save_onnx(module, x, names, metadata, path)
+    return path
+
+
+def _save_openvino(program, names, metadata, path: Path) -> None:
+    import openvino as ov
+
+    ov_model = ov.convert_model(program)
+    for output, name in zip(ov_model.outputs, names):
+        output.get_tensor().set_names({name})
+    ov_model.inputs[0].get_tensor().set_names({"image"})
+    ov_model.set_rt_info(json.dumps(metadata), ["model_info", METADATA_KEY])
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)
+
+
+def _save_onnx(module: nn.Module, x: torch.Tensor, names, metadata, path: Path) -> None:
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    with torch.no_grad():
+        torch.onnx.export(module, (x,), str(path), input_names=["image"], output_names=names,
+                          dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.save(proto, str(path))
