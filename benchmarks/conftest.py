@@ -27,6 +27,12 @@ RATIOS = [
     ("otx_style", "xaifast_explain"),
     ("slow_reference_float64", "xaifast_explain"),
     ("otx_style", "forward"),
+    # explaining through the exported IR (test_bench_export.py)
+    ("ir_explain_f32", "openvino_forward_f32"),
+    ("ir_explain_default", "openvino_forward_default"),
+    ("pytorch_explain", "pytorch_forward"),
+    ("pytorch_explain", "ir_explain_f32"),
+    ("pytorch_explain", "ir_explain_default"),
 ]
 
 GOAL = ("xaifast_explain", "forward", 1.15)  # issue requirement: explain / forward <= 1.15 (GAP head)

@@ -14,6 +14,8 @@ from .epilogue import SCORES, epilogue_numba, epilogue_torch, score_code, score_
 from .gap_pool import gap_pool_numba, gap_pool_torch, gap_pooled
 from .masks import MASKS, mask_kernel, resolve_kernel
 from .mosaic import build_mosaic, mosaic_numba, mosaic_torch
+from .token_attention import weighted_attention, weighted_attention_numba, weighted_attention_torch
+from .token_mosaic import TokenLayout, token_layout, token_mosaic, token_mosaic_numba, token_mosaic_torch
 from .normalize import normalize_maps, normalize_numba, normalize_torch
 
 _TRITON_NAMES = {
@@ -34,6 +36,14 @@ def __getattr__(name):
 
 
 __all__ = [
+    "TokenLayout",
+    "token_layout",
+    "token_mosaic",
+    "token_mosaic_numba",
+    "token_mosaic_torch",
+    "weighted_attention",
+    "weighted_attention_numba",
+    "weighted_attention_torch",
     "BACKENDS",
     "HAVE_NUMBA",
     "MASKS",

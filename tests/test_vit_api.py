@@ -137,3 +137,10 @@ def test_non_standard_blocks_are_refused_not_misexplained():
             blk.norm2.bias.uniform_(-1.0, 1.0)
     with pytest.raises(xaifast.ModelSplitError, match="does not reproduce the model's logits"):
         xaifast.saliency_maps(model, torch.randn(1, 3, 16, 24))
+
+
+def test_an_unverified_model_never_takes_the_fast_path(vit):
+    adapter = ViTAdapter(vit)
+    assert not adapter.rest().fast_ok and "not verified" in adapter.rest().fast_reason
+    adapter.forward(torch.randn(1, 3, 48, 64))
+    assert adapter.rest().fast_ok

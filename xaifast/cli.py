@@ -42,7 +42,8 @@ def _explain_parser() -> ArgumentParser:
     p.add_argument("--explain_config.postprocess", type=Optional[bool], default=None,
                    help="True: maps resized to the image and JET-colored; False: low-resolution maps "
                         "(default False; True for the embedded default)")
-    p.add_argument("--explain_config.mask", type=str, default="1x1", help="Recipro-CAM mask: 1x1 (as OTX) | gaussian")
+    p.add_argument("--explain_config.mask", type=str, default="auto",
+                   help="Recipro-CAM mask: auto (as OTX: 1x1 for CNNs, gaussian for ViTs) | 1x1 | gaussian")
     p.add_argument("--explain_config.score", type=Optional[str], default=None,
                    help="softmax | sigmoid | none (default: the recipe's)")
     p.add_argument("--explain_algorithm", "--explain-algorithm", type=str, default="auto",
@@ -68,7 +69,7 @@ def _export_parser() -> ArgumentParser:
     p.add_argument("--explain", type=bool, default=False, help="add the saliency_map and feature_map outputs")
     p.add_argument("--explain_config.target_explain_group", type=str, default="ALL",
                    help="recorded in the model's metadata (the default group when explaining it)")
-    p.add_argument("--explain_config.mask", type=str, default="1x1", help="Recipro-CAM mask: 1x1 | gaussian")
+    p.add_argument("--explain_config.mask", type=str, default="auto", help="Recipro-CAM mask: auto (1x1) | 1x1 | gaussian")
     p.add_argument("--explain_config.score", type=Optional[str], default=None, help="softmax | sigmoid | none")
     p.add_argument("--explain_algorithm", "--explain-algorithm", type=str, default="auto",
                    help="auto | classwisesaliencymap | recipro_cam | activationmap")

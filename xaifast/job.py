@@ -47,6 +47,8 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
     start = time.perf_counter()
     run = explain(model, data, config, target_layer=target_layer, preprocess=preprocess, labels=labels,
                   batch_size=batch_size)
+    if writer is not None:
+        writer.settings["mask"] = getattr(run, "mask", config.mask)  # "auto" resolved by model type
     maps = 0
     bar = _progress(total, progress)
     try:

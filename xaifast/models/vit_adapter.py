@@ -486,7 +486,8 @@ class ViTRest:
     norm: Callable
     head: HeadSpec
     num_aux: int
-    fast_reason: Optional[str] = None  # why the exact fast path is unavailable (None: available)
+    # why the exact fast path is unavailable (None: available); set when the adapter verifies the model
+    fast_reason: Optional[str] = "the model's pieces were not verified yet (run ViTAdapter.forward on an input first)"
     _warned: bool = field(default=False, repr=False)
 
     @property
