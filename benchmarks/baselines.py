@@ -49,15 +49,16 @@ def _otx_normalize(maps: torch.Tensor) -> torch.Tensor:
 
 
 def _otx_mosaic(feature_map: torch.Tensor) -> torch.Tensor:
-    """OTX's `_get_mosaic_feature_map` (non-GAP-optimized path): [C, H, W] -> [H*W, C, H, W]."""
+    """OTX's `_get_mosaic_feature_map` (non-GAP-optimized path): [C, H, W] -> [H*W, C, H, W].
+    The dense mask is made in the feature's dtype, so a bfloat16 model runs it too."""
     c, h, w = feature_map.shape
     feature_map_repeated = feature_map.repeat(h * w, 1, 1, 1)
-    mosaic_feature_map_mask = torch.zeros(h * w, c, h, w, device=feature_map.device)
+    mosaic_feature_map_mask = torch.zeros(h * w, c, h, w, device=feature_map.device, dtype=feature_map.dtype)
     spatial_order = torch.arange(h * w).reshape(h, w)
     for i in range(h):
         for j in range(w):
             k = spatial_order[i, j]
-            mosaic_feature_map_mask[k, :, i, j] = torch.ones(c, device=feature_map.device)
+            mosaic_feature_map_mask[k, :, i, j] = torch.ones(c, device=feature_map.device, dtype=feature_map.dtype)
     return feature_map_repeated * mosaic_feature_map_mask
 
 

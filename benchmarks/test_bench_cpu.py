@@ -38,7 +38,8 @@ from xaifast import functional as XF
 from xaifast.models.classifier import ClassifierAdapter
 
 from baselines import end_to_end, float64_head, otx_style_recipro_cam, reference, slow_reference
-from idle import wait_until_idle
+from timing import paired as _paired
+from timing import run_measured as _run
 from models import (GAP_TARGET, NON_GAP_TARGET, benchmark_input, feature_and_logits, gap_head, non_gap_head,
                     resnet50_sized)
 
@@ -65,56 +66,6 @@ def _timed(fn):
 def _u8_of(explanations) -> np.ndarray:
     """uint8 [B, K, h, w] from a list of Explanations with all K classes."""
     return np.stack([np.stack([ex.saliency_map[k] for k in range(NUM_CLASSES)]) for ex in explanations])
-
-
-def _quiet():
-    wait_until_idle()  # pedantic's setup must return None (or (args, kwargs))
-
-
-def _run(benchmark, fn, rounds, warmup_rounds=1):
-    """benchmark.pedantic(fn) -> fn's result. Each round starts once the machine is idle (see
-    idle.wait_until_idle; untimed); the process's CPU time / wall time over the timed rounds
-    is kept in benchmark.extra_info["cpu_util"] (about 2.0 on an idle 2-core machine)."""
-    acc = {"cpu": 0.0, "wall": 0.0, "calls": 0}
-
-    def timed():
-        c0, t0 = time.process_time(), time.perf_counter()
-        out = fn()
-        acc["calls"] += 1
-        if acc["calls"] > warmup_rounds:
-            acc["wall"] += time.perf_counter() - t0
-            acc["cpu"] += time.process_time() - c0
-        return out
-
-    out = benchmark.pedantic(timed, setup=_quiet, rounds=rounds, warmup_rounds=warmup_rounds,
-                             iterations=1)
-    if acc["wall"] > 0:
-        benchmark.extra_info["cpu_util"] = round(acc["cpu"] / acc["wall"], 3)
-    return out
-
-
-def _paired(benchmark, fns, rounds):
-    """Interleaved measurement: every round runs each of `fns` (name -> callable) once, in an
-    order that rotates from round to round, after an idle wait. pytest-benchmark times the whole
-    round; the per-function times go to benchmark.extra_info["paired"] so that ratios can be
-    taken within each round (robust to the machine's speed drifting between benchmarks)."""
-    names = list(fns)
-    times = {name: [] for name in names}
-    count = [0]
-
-    def one_round():
-        k = count[0]
-        count[0] += 1
-        order = names[k % len(names):] + names[:k % len(names)]
-        for name in order:
-            t0 = time.perf_counter()
-            fns[name]()
-            if k > 0:  # round 0 is the warm-up
-                times[name].append(time.perf_counter() - t0)
-
-    benchmark.pedantic(one_round, setup=_quiet, rounds=rounds, warmup_rounds=1, iterations=1)
-    benchmark.extra_info["paired"] = times
-    return times
 
 
 # ---------------------------------------------------------------------------------- fixtures

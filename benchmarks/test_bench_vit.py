@@ -29,7 +29,8 @@ import pytest
 import torch
 
 import xaifast
-from idle import wait_until_idle
+from timing import paired as _paired
+from timing import run_measured as _run
 from xaifast.models.vit_adapter import ViTAdapter
 
 transformers = pytest.importorskip("transformers")
@@ -41,50 +42,6 @@ ROUNDS_NAIVE = int(os.environ.get("XAIFAST_BENCH_VIT_ROUNDS_NAIVE", "3"))
 ALL = xaifast.ExplainConfig(target_explain_group="ALL")
 
 vit_group = pytest.mark.benchmark(group=GROUP)
-
-
-def _quiet():
-    wait_until_idle()
-
-
-def _run(benchmark, fn, rounds, warmup_rounds=1):
-    """benchmark.pedantic(fn) after an idle wait per round; cpu/wall kept in extra_info."""
-    acc = {"cpu": 0.0, "wall": 0.0, "calls": 0}
-
-    def timed():
-        c0, t0 = time.process_time(), time.perf_counter()
-        out = fn()
-        acc["calls"] += 1
-        if acc["calls"] > warmup_rounds:
-            acc["wall"] += time.perf_counter() - t0
-            acc["cpu"] += time.process_time() - c0
-        return out
-
-    out = benchmark.pedantic(timed, setup=_quiet, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
-    if acc["wall"] > 0:
-        benchmark.extra_info["cpu_util"] = round(acc["cpu"] / acc["wall"], 3)
-    return out
-
-
-def _paired(benchmark, fns, rounds):
-    """Every round runs each function once (rotating order, after an idle wait); per-function
-    times in extra_info["paired"], so ratios are taken within rounds."""
-    names = list(fns)
-    times = {name: [] for name in names}
-    count = [0]
-
-    def one_round():
-        k = count[0]
-        count[0] += 1
-        for name in names[k % len(names):] + names[:k % len(names)]:
-            t0 = time.perf_counter()
-            fns[name]()
-            if k > 0:  # round 0 is the warm-up
-                times[name].append(time.perf_counter() - t0)
-
-    benchmark.pedantic(one_round, setup=_quiet, rounds=rounds, warmup_rounds=1, iterations=1)
-    benchmark.extra_info["paired"] = times
-    return times
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ listed in `ExplainRun.failures` (and in a summary warning at the end).
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch

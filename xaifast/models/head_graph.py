@@ -8,9 +8,8 @@ Recipro-CAM can use the exact GAP shortcut of SPEC.md and never build a mosaic.
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import fx, nn
