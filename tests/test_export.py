@@ -128,3 +128,42 @@ def test_cli_export_then_explain_the_ir(tmp_path):
     index = json.loads((runs["ir"] / "index.json").read_text())
     assert index["images"][0]["predictions"][0]["label"] in ("airplane", "automobile", "bird", "cat", "deer", "dog",
                                                             "frog", "horse", "ship", "truck")
+
+
+def _hf_deit():
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    # initializer_range: weights large enough that maps have a real dynamic range (the default 0.02 gives
+    # near-constant maps, range ~1e-5, where float32 rounding alone moves uint8 levels)
+    cfg = DeiTConfig(num_labels=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     image_size=32, patch_size=8, initializer_range=0.3)
+    return DeiTForImageClassificationWithTeacher(cfg).eval()
+
+
+def _hf_vit():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(num_labels=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                    image_size=32, patch_size=8, initializer_range=0.3)
+    return ViTForImageClassification(cfg).eval()
+
+
+def _small_vit():
+    from xaifast.models.vit import small_vit
+
+    return small_vit(num_classes=5, img_size=(64, 48))
+
+
+@pytest.mark.parametrize("make,size,suffix", [(_small_vit, (64, 48), ".xml"), (_hf_vit, (32, 32), ".onnx"),
+                                              (_hf_deit, (32, 32), ".xml")], ids=["small-vit-ir", "hf-vit-onnx",
+                                                                                   "hf-deit-ir"])
+def test_exported_vit_maps_equal_pytorch_maps(tmp_path, make, size, suffix):
+    model = make()
+    path = xaifast.export(model, tmp_path / f"vit{suffix}", preprocess=xaifast.Preprocess(input_size=size))
+    meta_kind = "transformer"
+    for n, batch_size in ((1, 1), (3, 2)):
+        x = torch.randn(n, 3, *size)
+        assert_same_explanations(maps_of(path, x, batch_size), maps_of(model, x, batch_size))
+    if suffix == ".xml":
+        meta = json.loads(ov.Core().read_model(str(path)).get_rt_info(["model_info", "xaifast"]).astype(str))
+        assert meta["model_type"] == meta_kind and meta["algorithm"] == "vit_recipro_cam" and meta["mask"] == "gaussian"

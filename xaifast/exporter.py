@@ -24,7 +24,7 @@ from .models.head_graph import Head, extract_logits
 
 OUTPUTS = ("logits", "saliency_map", "feature_map")
 METADATA_KEY = "xaifast"
-EXPORTABLE = ("recipro_cam", "activationmap")
+EXPORTABLE = ("recipro_cam", "vit_recipro_cam", "activationmap")
 
 
 class ExportError(XaifastError, ValueError):
@@ -100,12 +100,52 @@ class ExplainGraph(nn.Module):
             masks = self.cell_masks.to(feature.dtype)
             mosaic = (feature.unsqueeze(1) * masks[None, :, None]).reshape(-1, c, h, w)
             cell_logits = extract_logits(self.head_full(mosaic))
-        if self.score == "softmax":
-            cell_logits = torch.softmax(cell_logits, dim=1)
-        elif self.score == "sigmoid":
-            cell_logits = torch.sigmoid(cell_logits)
-        raw = cell_logits.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        raw = _scores(cell_logits, self.score).reshape(b, h, w, -1).permute(0, 3, 1, 2)
         return logits, _normalize_u8(raw), feature
+
+
+def _scores(cell_logits: torch.Tensor, score: str) -> torch.Tensor:
+    if score == "softmax":
+        return torch.softmax(cell_logits, dim=1)
+    if score == "sigmoid":
+        return torch.sigmoid(cell_logits)
+    return cell_logits
+
+
+class ViTExplainGraph(nn.Module):
+    """ViT Recipro-CAM in the graph: T = LN1 output of the target block (the adapter's hooks), the
+    masked token sets T_p of every cell (SPEC.md), the rest of the model on them (the general
+    re-inference; the exported graph is the plain math, OpenVINO optimizes it), scores, transpose,
+    normalization. feature_map = the patch tokens of T as [B, D, H, W]."""
+
+    def __init__(self, adapter, grid, num_aux: int, algorithm: str = "vit_recipro_cam", mask: str = "gaussian",
+                 score: str = "softmax", cls_token: bool = True):
+        super().__init__()
+        self.model = adapter.model
+        self._adapter = [adapter]  # not a submodule: the model above is the one the graph captures
+        self.grid, self.num_aux, self.algorithm, self.score, self.cls_token = tuple(grid), num_aux, algorithm, score, cls_token
+        h, w = grid
+        masks = _cell_masks(_mask_kernel(mask), h, w).reshape(h * w, h * w)  # [cell, patch token]
+        self.register_buffer("token_masks", masks, persistent=False)
+
+    def forward(self, x):
+        adapter = self._adapter[0]
+        feature, logits = adapter.forward(x)
+        fmap = feature.feature_map()
+        if self.algorithm == "activationmap":
+            return logits, _normalize_u8(fmap.mean(dim=1, keepdim=True)), fmap
+        t = feature.tokens
+        b, n, d = t.shape
+        h, w = self.grid
+        cells = h * w
+        patches = t[:, self.num_aux:].unsqueeze(1) * self.token_masks.to(t.dtype)[None, :, :, None]
+        aux = t[:, :self.num_aux].unsqueeze(1).expand(b, cells, self.num_aux, d)
+        if not self.cls_token:
+            aux = torch.zeros_like(aux)
+        t_p = torch.cat([aux, patches], dim=2).reshape(b * cells, n, d)
+        cell_logits = _scores(extract_logits(adapter.rest(feature).general(t_p)), self.score)
+        raw = cell_logits.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        return logits, _normalize_u8(raw), fmap
 
 
 class LogitsOnly(nn.Module):
@@ -119,7 +159,8 @@ class LogitsOnly(nn.Module):
 
 def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, config: Optional[ExplainConfig] = None,
            target_layer: Optional[str] = None, preprocess: Optional[Preprocess] = None,
-           labels: Optional[Sequence[str]] = None, example_input: Optional[torch.Tensor] = None) -> Path:
+           labels: Optional[Sequence[str]] = None, example_input: Optional[torch.Tensor] = None,
+           cls_token: bool = True) -> Path:
     """Write `model` as OpenVINO IR (path ends with .xml) or ONNX (.onnx).
 
     explain=True adds the outputs `saliency_map` and `feature_map`; the explain algorithm
@@ -133,31 +174,41 @@ def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, co
         raise ExportError(f"export path {path} must end with .xml (OpenVINO IR) or .onnx")
     if not isinstance(model, nn.Module):
         raise ExportError(f"export takes a torch.nn.Module, got {type(model).__name__}")
+    from .models.vit_adapter import ViTAdapter, is_transformer
+
     config = config or ExplainConfig()
     preprocess = preprocess or Preprocess()
-    algorithm = resolve_algorithm(config.algorithm, "cnn_classifier", config.target_explain_group)
+    model = model.eval()
+    kind = "transformer" if is_transformer(model, target_layer) else "cnn_classifier"
+    algorithm = resolve_algorithm(config.algorithm, kind, config.target_explain_group)
     if explain and algorithm not in EXPORTABLE:
         raise ExportError(f"{algorithm} cannot be exported inside the graph (it needs an SVD); export with "
-                          "recipro_cam (classwisesaliencymap) or activationmap")
-    mask = "1x1" if config.mask == "auto" else config.mask  # OTX's CNN default
-    model = model.eval()
+                          "recipro_cam / vit_recipro_cam (classwisesaliencymap) or activationmap")
+    mask = config.mask if config.mask != "auto" else ("gaussian" if kind == "transformer" else "1x1")  # as OTX
     x = example_input if example_input is not None else torch.randn(2, 3, *preprocess.input_size)
-    adapter = ClassifierAdapter(model, target_layer=target_layer, preprocess=preprocess, labels=labels)
-    feature, logits = adapter.forward(x)
+    if kind == "transformer":
+        adapter = ViTAdapter(model, target_layer=target_layer, preprocess=preprocess, labels=labels)
+        feature, logits = adapter.forward(x)
+        target_name, feature_shape = adapter.target_name, list(feature.feature_map().shape[1:])
+        graph = lambda: ViTExplainGraph(adapter, feature.grid, feature.num_aux, algorithm, mask,  # noqa: E731
+                                        config.score, cls_token)
+    else:
+        adapter = ClassifierAdapter(model, target_layer=target_layer, preprocess=preprocess, labels=labels)
+        feature, logits = adapter.forward(x)
+        target_name, feature_shape = adapter.target.name, list(feature.shape[1:])
+        graph = lambda: ExplainGraph(model, adapter.target.name, adapter.target.call_index,  # noqa: E731
+                                     adapter.head(feature), tuple(feature.shape), algorithm, mask, config.score)
     if explain:
-        module = ExplainGraph(model, adapter.target.name, adapter.target.call_index, adapter.head(feature),
-                              tuple(feature.shape), algorithm, mask, config.score).eval()
-        names = list(OUTPUTS)
+        module, names = graph().eval(), list(OUTPUTS)
     else:
         module, names = LogitsOnly(model).eval(), ["logits"]
-    metadata = {"explain": explain, "outputs": names, "model_type": "cnn_classifier",
+    metadata = {"explain": explain, "outputs": names, "model_type": kind,
                 "input_size": list(preprocess.input_size), "mean": list(preprocess.mean),
                 "std": list(preprocess.std), "labels": list(labels) if labels is not None else None,
                 "score": config.score, "num_classes": int(logits.shape[1])}
     if explain:
-        metadata.update(algorithm=algorithm, mask=mask, target_layer=adapter.target.name,
-                        target_explain_group=config.target_explain_group.name,
-                        feature_shape=list(feature.shape[1:]))
+        metadata.update(algorithm=algorithm, mask=mask, target_layer=target_name,
+                        target_explain_group=config.target_explain_group.name, feature_shape=feature_shape)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with torch.no_grad():
