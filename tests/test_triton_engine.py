@@ -102,7 +102,7 @@ def test_chunks_are_sized_from_free_device_memory(monkeypatch):
     assert rc.memory_budget_bytes(None, cuda) == 4 * gib
     assert rc.memory_budget_bytes(1024, cuda) == 1 * gib       # the user's budget when it fits
     assert rc.memory_budget_bytes(100_000, cuda) == 4 * gib    # never more than half the free memory
-    assert rc.memory_budget_bytes(None, torch.device("cpu")) == 1024 * 2**20  # CPU: unchanged default
+    assert rc.memory_budget_bytes(None, torch.device("cpu")) == rc.CPU_CHUNK_BUDGET_MB * 2**20  # CPU default
     per_cell = 1024 * 14 * 14 * 2  # a bf16 [1024, 14, 14] masked feature map
     assert rc.cells_per_chunk(per_cell, None, None, cuda) == 4 * gib // (per_cell * 4)
     assert rc.cells_per_chunk(per_cell, 512, None, cuda) == 512 * 2**20 // (per_cell * 4)
