@@ -158,13 +158,19 @@ def summary_lines() -> List[str]:
     return lines
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not _RESULTS and not _NOTES:
+def write_summary(terminalreporter, title: str, lines: List[str], path_variable: str) -> None:
+    """Print a summary table under `title`; also write it to the file named by $path_variable."""
+    if not lines:
         return
-    terminalreporter.section("xaifast Recipro-CAM benchmark summary (same run)")
-    for line in summary_lines():
+    terminalreporter.section(title)
+    for line in lines:
         terminalreporter.write_line(line)
-    path = os.environ.get("XAIFAST_BENCH_SUMMARY")
+    path = os.environ.get(path_variable)
     if path:
         with open(path, "w") as f:
-            f.write("\n".join(summary_lines()) + "\n")
+            f.write("\n".join(lines) + "\n")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = summary_lines() if (_RESULTS or _NOTES) else []
+    write_summary(terminalreporter, "xaifast Recipro-CAM benchmark summary (same run)", lines, "XAIFAST_BENCH_SUMMARY")

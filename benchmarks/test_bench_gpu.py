@@ -57,6 +57,7 @@ import xaifast  # noqa: E402
 from xaifast.algorithms.recipro_cam import recipro_cam  # noqa: E402
 from xaifast.models.classifier import ClassifierAdapter  # noqa: E402
 
+from conftest import write_summary  # noqa: E402
 from gpu_baselines import grad_cam, otx_style_recipro_cam  # noqa: E402
 from models import (GAP_TARGET, NON_GAP_TARGET, benchmark_input, feature_and_logits, gap_head,  # noqa: E402
                     non_gap_head, resnet50_sized)
@@ -140,15 +141,8 @@ def summary_lines() -> List[str]:
 class _SummaryPlugin:
     @pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables: printed last
     def pytest_terminal_summary(self, terminalreporter):
-        if not _RESULTS and not _NOTES:
-            return
-        terminalreporter.section("xaifast GPU benchmark summary (same run)")
-        for line in summary_lines():
-            terminalreporter.write_line(line)
-        path = os.environ.get("XAIFAST_BENCH_GPU_SUMMARY")
-        if path:
-            with open(path, "w") as f:
-                f.write("\n".join(summary_lines()) + "\n")
+        lines = summary_lines() if (_RESULTS or _NOTES) else []
+        write_summary(terminalreporter, "xaifast GPU benchmark summary (same run)", lines, "XAIFAST_BENCH_GPU_SUMMARY")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,7 +4,7 @@ engine on the Triton path (GAP shortcut and mosaic, float32 / bfloat16, channels
 torch.compile option of the head."""
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before any Triton kernel module is imported
+from triton_interpreter import require_interpreter  # sets TRITON_INTERPRET=1 first
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -15,15 +15,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-pytest.importorskip("triton", reason="triton is not installed (pip install triton): Triton engine tests skipped")
-
-import triton.language as _tl  # noqa: E402
-
-if type(_tl.zeros).__name__ != "InterpretedFunction":
-    pytest.fail("triton was imported before TRITON_INTERPRET=1 was set, so its kernels cannot run in the "
-                "interpreter in this process; set TRITON_INTERPRET=1 before anything imports triton "
-                "(e.g. at the top of tests/conftest.py) or run tests/test_triton_*.py on their own",
-                pytrace=False)
+require_interpreter("Triton engine tests")
 
 import xaifast.algorithms.recipro_cam  # noqa: E402,F401
 rc = sys.modules["xaifast.algorithms.recipro_cam"]  # (xaifast.algorithms.recipro_cam is also a function name)

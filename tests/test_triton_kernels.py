@@ -10,23 +10,13 @@ Tolerances: float32 to 1e-5 (in fact bit-identical to the Numba kernels, checked
 types to their precision (Triton computes in float32 and rounds once), uint8 within 1.
 `test_checks_catch_*` show that the comparisons fail on a wrong index or a corrupted value.
 """
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # before any Triton kernel module is imported
+from triton_interpreter import require_interpreter  # sets TRITON_INTERPRET=1 first
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-pytest.importorskip("triton", reason="triton is not installed (pip install triton): Triton kernel tests skipped")
-
-import triton.language as _tl  # noqa: E402
-
-if type(_tl.zeros).__name__ != "InterpretedFunction":
-    pytest.fail("triton was imported before TRITON_INTERPRET=1 was set, so its kernels cannot run in the "
-                "interpreter in this process; set TRITON_INTERPRET=1 before anything imports triton "
-                "(e.g. at the top of tests/conftest.py) or run tests/test_triton_*.py on their own",
-                pytrace=False)
+require_interpreter("Triton kernel tests")
 
 from xaifast import kernels as K  # noqa: E402
 from xaifast.kernels import (build_mosaic, epilogue_torch, gap_pool_torch, gap_pooled, mask_kernel,  # noqa: E402
