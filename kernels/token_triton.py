@@ -19,17 +19,12 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["token_mosaic_triton", "weighted_attention_triton"]
+from .triton_common import LAUNCH_OPTS, next_pow2  # exact float32 (no FMA), 4 warps
 
-#: Exact float32 products and sums (no FMA contraction), as the Numba kernels.
-LAUNCH_OPTS = dict(num_warps=4, enable_fp_fusion=False)
+__all__ = ["token_mosaic_triton", "weighted_attention_triton"]
 
 _TABLES: dict = {}
 _LOCK = threading.Lock()
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def _device_table(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -72,7 +67,7 @@ def token_mosaic_triton(src: torch.Tensor, layout, start: int, count: int, bias,
     HW = layout.H * layout.W
     index = _device_table(layout.index, src.device)
     scale = _device_table(layout.scale, src.device)
-    block_c = min(_next_pow2(C), 1024)
+    block_c = min(next_pow2(C), 1024)
     grid = (count * U, triton.cdiv(C, block_c))
     bias_t = bias.contiguous() if bias is not None else scale  # any pointer; unused without bias
     _token_mosaic_kernel[grid](src, index, scale, bias_t, out, start, U, HW, C,
@@ -122,6 +117,6 @@ def weighted_attention_triton(q, k, v, log_count, scale: float) -> torch.Tensor:
     grid = (n * h,)
     _weighted_attention_kernel[grid](q, k, v, log_count, out, h, L, U, d, float(scale),
                                      *q.stride(), *k.stride(), *v.stride(), *log_count.stride(), *out.stride(),
-                                     BLOCK_L=max(_next_pow2(L), 2), BLOCK_U=max(_next_pow2(U), 2),
-                                     BLOCK_D=max(_next_pow2(d), 2), **LAUNCH_OPTS)
+                                     BLOCK_L=max(next_pow2(L), 2), BLOCK_U=max(next_pow2(U), 2),
+                                     BLOCK_D=max(next_pow2(d), 2), **LAUNCH_OPTS)
     return out
