@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 
 from ..models.head_graph import Head, analyse_head
-from .base import DEFAULT_MEMORY_BUDGET_MB, SaliencyResult, check_feature
+from .base import SaliencyResult, check_feature
 
 # A head's activations are a few times its input; the budget covers both.
 _ACTIVATION_FACTOR = 4

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..data import Preprocess
 from ..errors import ModelSplitError, TargetLayerError
+from .base import ModelAdapter
 from .head_graph import Head, analyse_head, extract_logits, split_model
 from .target_layer import TargetLayer, choose_target, probe_calls
 
@@ -50,7 +51,7 @@ def _split_state(model: nn.Module, target_layer: Optional[str]) -> _SplitState:
     return state
 
 
-class ClassifierAdapter:
+class ClassifierAdapter(ModelAdapter):
     kind = "cnn_classifier"
 
     def __init__(self, model: Optional[nn.Module] = None, *, target_layer: Optional[str] = None,
@@ -87,11 +88,6 @@ class ClassifierAdapter:
                 for p in module.parameters():
                     return p.device
         return torch.device("cpu")
-
-    def label(self, k: int) -> Optional[str]:
-        if self.labels is not None and 0 <= k < len(self.labels):
-            return self.labels[k]
-        return None
 
     # ------------------------------------------------------------------ running
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

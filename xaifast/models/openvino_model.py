@@ -17,6 +17,7 @@ import torch
 from ..algorithms.base import SaliencyResult
 from ..data import Preprocess
 from ..errors import XaifastError
+from .base import ModelAdapter
 
 PRECISIONS = ("f32", "bf16", "f16", "auto")
 EXPORTED_SUFFIXES = (".xml", ".onnx")
@@ -44,7 +45,7 @@ def _metadata(path: Path, ov_model) -> Optional[dict]:
     return None
 
 
-class OpenVINOAdapter:
+class OpenVINOAdapter(ModelAdapter):
     """Runs an exported model; `explain_batch` returns logits and the model's own maps."""
 
     def __init__(self, path: Union[str, Path], *, precision: str = "f32", device: str = "CPU",
@@ -85,11 +86,6 @@ class OpenVINOAdapter:
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
-
-    def label(self, k: int) -> Optional[str]:
-        if self.labels is not None and 0 <= k < len(self.labels):
-            return self.labels[k]
-        return None
 
     def infer(self, x: torch.Tensor) -> Dict[str, np.ndarray]:
         result = self._request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})

@@ -40,6 +40,7 @@ from torch import nn
 
 from ..data import Preprocess
 from ..errors import ModelSplitError, TargetLayerError
+from .base import ModelAdapter
 from .head_graph import extract_logits
 
 LOOKED_FOR = ("an nn.ModuleList / nn.Sequential of transformer blocks, each with either "
@@ -583,7 +584,7 @@ def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
 
 
-class ViTAdapter:
+class ViTAdapter(ModelAdapter):
     """A transformer classifier: one forward gives T (the target block's LN1 output) and the logits;
     `rest()` re-runs the end of the model on masked token sets."""
 
@@ -626,11 +627,6 @@ class ViTAdapter:
         for p in self.model.parameters():
             return p.device
         return torch.device("cpu")
-
-    def label(self, k: int) -> Optional[str]:
-        if self.labels is not None and 0 <= k < len(self.labels):
-            return self.labels[k]
-        return None
 
     def rest(self, feature: Optional[TokenFeature] = None) -> ViTRest:
         return self._state.rest
