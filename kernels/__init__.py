@@ -11,6 +11,7 @@ the Triton modules only when they run a Triton kernel.
 """
 from ._compat import BACKENDS, HAVE_NUMBA, have_triton, pick_backend
 from .epilogue import SCORES, epilogue_numba, epilogue_torch, score_code, score_maps
+from .det_class_map import det_class_map, det_class_map_numba, det_class_map_torch
 from .gap_pool import gap_pool_numba, gap_pool_torch, gap_pooled
 from .masks import MASKS, mask_kernel, resolve_kernel
 from .mosaic import build_mosaic, mosaic_numba, mosaic_torch
@@ -23,6 +24,7 @@ _TRITON_NAMES = {
     "gap_pool_triton": "triton_gap_pool",
     "epilogue_triton": "triton_epilogue",
     "normalize_triton": "triton_epilogue",
+    "det_class_map_triton": "triton_det_class_map",
 }
 
 
@@ -49,6 +51,9 @@ __all__ = [
     "MASKS",
     "SCORES",
     "build_mosaic",
+    "det_class_map",
+    "det_class_map_numba",
+    "det_class_map_torch",
     "epilogue_numba",
     "epilogue_torch",
     "gap_pool_numba",

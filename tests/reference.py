@@ -103,3 +103,60 @@ def assert_u8_within_one(fast, ref) -> None:
     assert fast.shape == ref.shape, (fast.shape, ref.shape)
     diff = np.abs(fast - ref).max()
     assert diff <= 1, f"uint8 maps differ by {diff}"
+
+
+def _bilinear_taps(dst: int, n_in: int, n_out: int, align_corners: bool = False):
+    """One axis of a bilinear resize: ((index, weight), (index, weight)) for output index `dst`."""
+    if align_corners:  # only for the mutation checks: corners pinned (not the DetClassProbabilityMap semantics)
+        src = dst * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    else:  # half-pixel centers, as torch.nn.functional.interpolate(mode="bilinear", align_corners=False)
+        src = (dst + 0.5) * n_in / n_out - 0.5
+        if src < 0.0:
+            src = 0.0
+    i0 = min(int(math.floor(src)), n_in - 1)
+    i1 = min(i0 + 1, n_in - 1)
+    lam = src - i0
+    return (i0, 1.0 - lam), (i1, lam)
+
+
+def det_class_map_reference(levels, num_anchors, size=None, softmax: bool = True,
+                            align_corners: bool = False) -> np.ndarray:
+    """DetClassProbabilityMap in float64 with explicit loops: per image, class and output pixel,
+    for every level the four bilinear taps of the maximum over anchors (channel a*K + k),
+    the mean over levels, then a max-subtracted softmax over classes per pixel.
+    levels: list of [B, A_l*K, H_l, W_l] (tensors or arrays); returns float64 [B, K, h, w]."""
+    xs = [np.asarray(torch.as_tensor(x).detach().cpu().to(torch.float64)) for x in levels]
+    L = len(xs)
+    anchors = list(num_anchors) if isinstance(num_anchors, (list, tuple)) else [num_anchors] * L
+    B = xs[0].shape[0]
+    K = xs[0].shape[1] // anchors[0]
+    h, w = size if size is not None else xs[L // 2].shape[2:]
+    out = np.zeros((B, K, h, w))
+    for b in range(B):
+        for k in range(K):
+            for i in range(h):
+                for j in range(w):
+                    total = 0.0
+                    for x, A in zip(xs, anchors):
+                        H, W = x.shape[2], x.shape[3]
+
+                        def anchor_max(y, xx):
+                            return max(x[b, a * K + k, y, xx] for a in range(A))
+
+                        value = 0.0
+                        for y, wy in _bilinear_taps(i, H, h, align_corners):
+                            for xx, wx in _bilinear_taps(j, W, w, align_corners):
+                                value += wy * wx * anchor_max(y, xx)
+                        total += value
+                    out[b, k, i, j] = total / L
+    if softmax:
+        for b in range(B):
+            for i in range(h):
+                for j in range(w):
+                    logits = [out[b, k, i, j] for k in range(K)]
+                    m = max(logits)
+                    e = [math.exp(v - m) for v in logits]
+                    s = sum(e)
+                    for k in range(K):
+                        out[b, k, i, j] = e[k] / s
+    return out
