@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._compat import JIT_OPTS, njit, pick_backend, prange
+from ._compat import HAVE_NUMBA, JIT_OPTS, njit, pick_backend, prange
 from ._vmath import vexp
 
 __all__ = ["det_class_map", "det_class_map_numba", "det_class_map_torch", "det_class_map_tables",
@@ -42,6 +42,10 @@ DENSE_FRACTION = 4
 #: anchors once, read as forward runs of each channel plane), unless the image has fewer.
 MAX_BAND = 16
 MIN_BAND = 8
+#: Below this much work (input elements + B*K*h*w*L) the Numba kernel runs on the calling thread
+#: alone: a fork/join of the thread pool costs more than it saves there, and much more (ms) when
+#: other processes hold the cores.
+SERIAL_WORK = 250_000
 
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
@@ -361,8 +365,19 @@ def _numba_impl(levels, anchors, K, h, w, softmax):
     arrays = tuple(x.detach().contiguous().numpy() for x in levels)
     shapes = tuple((int(x.shape[2]), int(x.shape[3])) for x in levels)
     tables = det_class_map_tables(shapes, h, w)
-    det_class_map_numba(arrays, np.asarray(anchors, dtype=np.int64), *tables, _band(B, h), bool(softmax),
-                        out.numpy())
+    args = (arrays, np.asarray(anchors, dtype=np.int64), *tables)
+    work = sum(int(x.numel()) for x in levels) + B * K * h * w * len(levels)
+    if work >= SERIAL_WORK or not HAVE_NUMBA:
+        det_class_map_numba(*args, _band(B, h), bool(softmax), out.numpy())
+        return out
+    import numba
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # this calling thread only
+    try:
+        det_class_map_numba(*args, max(1, min(MAX_BAND, h)), bool(softmax), out.numpy())
+    finally:
+        numba.set_num_threads(threads)
     return out
 
 
