@@ -11,6 +11,7 @@ from .data import Preprocess, read_image
 from .errors import (ClassIndexError, DataError, ImageReadError, ModelSplitError, TargetLayerError,
                      XaifastError)
 from .explanation import Explanation
+from .models.detection_adapter import DetectorSpec, InstanceSegmentationSpec
 from .pipeline import ExplainRun, explain, saliency_maps
 from .exporter import export
 from .postprocess import postprocess
@@ -18,5 +19,6 @@ from .postprocess import postprocess
 __version__ = "0.1.0"
 
 __all__ = ["explain", "saliency_maps", "postprocess", "export", "functional", "ExplainConfig", "TargetExplainGroup",
-           "Explanation", "ExplainRun", "Preprocess", "read_image", "XaifastError", "ClassIndexError",
+           "Explanation", "ExplainRun", "DetectorSpec", "InstanceSegmentationSpec", "Preprocess", "read_image",
+           "XaifastError", "ClassIndexError",
            "DataError", "ImageReadError", "ModelSplitError", "TargetLayerError", "__version__"]

@@ -4,16 +4,19 @@
     XF.recipro_cam(feature, head, mask="1x1", score="softmax")  # [B,C,H,W] -> [B,K,H,W]
     XF.vit_recipro_cam(tokens, rest, grid=(H, W))               # [B,A+H*W,D] -> [B,K,H,W]
     XF.activation_map(feature); XF.eigen_cam(feature)           # [B,C,H,W] -> [B,H,W]
+    XF.det_class_probability_map(levels, num_anchors)           # [B,A_l*K,H_l,W_l] per level -> [B,K,h,w]
+    XF.instseg_maps(masks, scores, labels, num_classes)         # one image -> [K,H,W]
     XF.normalize(maps)                                          # [..., h, w] float -> uint8
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from .algorithms import activation_map, eigen_cam
+from .algorithms import activation_map, eigen_cam, instseg_maps
+from .algorithms import det_class_probability_map as _det_class_probability_map
 from .algorithms import recipro_cam as _recipro_cam
 from .algorithms import vit_recipro_cam as _vit_recipro_cam
 from .config import normalize_mask_name
@@ -54,6 +57,19 @@ def vit_recipro_cam(tokens, rest: Callable, grid=None, mask: str = "gaussian", s
     return result.raw
 
 
+def det_class_probability_map(levels: Sequence[torch.Tensor], num_anchors: Union[int, Sequence[int]],
+                              size: Optional[Tuple[int, int]] = None, softmax: bool = True) -> torch.Tensor:
+    """DetClassProbabilityMap raw maps [B, K, h, w] float32 of a single-stage detector.
+
+    levels: the classification-head outputs per pyramid level, [B, A_l*K, H_l, W_l] (channel a*K + k);
+    num_anchors: A_l (one int for all levels, or one per level). Max over anchors, bilinear resize
+    (align_corners=False) to the middle level len(levels)//2 or to size=(h, w), mean over levels,
+    softmax over classes per pixel (softmax=False: the mean of the raw scores). One fused kernel:
+    Numba on CPU, Triton on CUDA.
+    """
+    return _det_class_probability_map(levels, num_anchors, size=size, softmax=softmax)
+
+
 def normalize(maps: Array, num_threads: int = 0) -> Array:
     """Per-map min-max to uint8 over the last two dims: floor(255 (x - min) / (max - min + 1e-12)).
 
@@ -78,4 +94,5 @@ def normalize(maps: Array, num_threads: int = 0) -> Array:
     return normalize_torch(maps.detach())
 
 
-__all__ = ["recipro_cam", "vit_recipro_cam", "activation_map", "eigen_cam", "normalize"]
+__all__ = ["recipro_cam", "vit_recipro_cam", "activation_map", "eigen_cam", "det_class_probability_map",
+           "instseg_maps", "normalize"]

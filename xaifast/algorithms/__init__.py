@@ -5,14 +5,17 @@ from ..config import TargetExplainGroup
 from ..errors import XaifastError
 from .activation_map import activation_map, explain_activation_map
 from .base import SaliencyResult
+from .det_class_probability_map import det_class_probability_map, explain_det_class_probability_map
 from .eigen_cam import eigen_cam, explain_eigen_cam
+from .instseg import explain_instseg, instseg_maps
 from .recipro_cam import recipro_cam
 from .vit_recipro_cam import vit_recipro_cam
 
 CLASS_AGNOSTIC = ("activationmap", "eigencam")
-CLASS_WISE = ("recipro_cam", "vit_recipro_cam")
+CLASS_WISE = ("recipro_cam", "vit_recipro_cam", "det_class_probability_map", "instseg")
 # The class-wise method of each model kind (auto / classwisesaliencymap pick it).
-CLASS_WISE_BY_KIND = {"cnn_classifier": "recipro_cam", "transformer": "vit_recipro_cam"}
+CLASS_WISE_BY_KIND = {"cnn_classifier": "recipro_cam", "transformer": "vit_recipro_cam",
+                      "detection": "det_class_probability_map", "instance_segmentation": "instseg"}
 ALGORITHMS = CLASS_WISE + CLASS_AGNOSTIC
 _ALIASES = {
     "auto": "auto",
@@ -21,6 +24,8 @@ _ALIASES = {
     "vit_recipro_cam": "vit_recipro_cam", "vitreciprocam": "vit_recipro_cam", "vit-recipro-cam": "vit_recipro_cam",
     "activationmap": "activationmap", "activation_map": "activationmap",
     "eigencam": "eigencam", "eigen_cam": "eigencam",
+    "det_class_probability_map": "det_class_probability_map", "detclassprobabilitymap": "det_class_probability_map",
+    "instseg": "instseg", "instance_segmentation": "instseg", "instsegexplainalgo": "instseg",
 }
 
 
@@ -34,12 +39,14 @@ def resolve_algorithm(name: str, model_kind: str, group: TargetExplainGroup) -> 
     """The algorithm to run for a requested name, model type and target group.
 
     auto / classwisesaliencymap pick the class-wise method of the model type (CNN classifier:
-    recipro_cam, transformer: vit_recipro_cam). The IMAGE group asks for one class-agnostic map:
+    recipro_cam, transformer: vit_recipro_cam, single-stage detector: det_class_probability_map,
+    instance segmentation: instseg). The IMAGE group asks for one class-agnostic map:
     activationmap unless eigencam is asked, as in OTX.
     """
     key = str(name).lower().replace(" ", "")
     if key not in _ALIASES:
-        valid = "auto, classwisesaliencymap, recipro_cam, vit_recipro_cam, activationmap, eigencam"
+        valid = ("auto, classwisesaliencymap, recipro_cam, vit_recipro_cam, det_class_probability_map, instseg, "
+                 "activationmap, eigencam")
         raise XaifastError(f"unknown explain algorithm {name!r}; use one of: {valid}")
     algo = _ALIASES[key]
     if algo in ("auto", "classwise"):
@@ -56,5 +63,6 @@ def resolve_algorithm(name: str, model_kind: str, group: TargetExplainGroup) -> 
 
 
 __all__ = ["activation_map", "eigen_cam", "recipro_cam", "vit_recipro_cam", "explain_activation_map",
+           "det_class_probability_map", "explain_det_class_probability_map", "instseg_maps", "explain_instseg",
            "explain_eigen_cam", "SaliencyResult", "resolve_algorithm", "requested_model_kind", "ALGORITHMS",
            "CLASS_AGNOSTIC"]
