@@ -33,6 +33,15 @@ RATIOS = [
     ("pytorch_explain", "pytorch_forward"),
     ("pytorch_explain", "ir_explain_f32"),
     ("pytorch_explain", "ir_explain_default"),
+    # the OpenVINO engine (test_bench_openvino_engine.py): time ratios, so ovxai / xaifast and
+    # floor / xaifast read as xaifast's throughput relative to OpenVINO XAI and to plain inference
+    ("ovxai_f32", "xaifast_ov_f32"),
+    ("ovxai_default", "xaifast_ov_default"),
+    ("openvino_floor_f32", "xaifast_ov_f32"),
+    ("openvino_floor_default", "xaifast_ov_default"),
+    ("xaifast_pytorch", "xaifast_ov_f32"),
+    ("ovxai_floor_b1_f32", "ovxai_f32"),
+    ("ovxai_floor_b1_default", "ovxai_default"),
 ]
 
 GOAL = ("xaifast_explain", "forward", 1.15)  # issue requirement: explain / forward <= 1.15 (GAP head)
@@ -62,6 +71,17 @@ def record(benchmark, group: str, name: str, batch: int, **extra) -> None:
     _RESULTS.setdefault(group, {})[name] = dict(mean=stats.mean, min=stats.min, median=stats.median,
                                                 stddev=stats.stddev, rounds=stats.rounds, batch=batch,
                                                 util=util, group=group, **extra)
+
+
+def record_times(group: str, name: str, times, batch: int, **extra) -> None:
+    """Store a row measured outside pytest-benchmark (seconds per call of `batch` images)."""
+    times = list(times)
+    if not times:
+        return
+    _RESULTS.setdefault(group, {})[name] = dict(
+        mean=statistics.mean(times), min=min(times), median=statistics.median(times),
+        stddev=statistics.stdev(times) if len(times) > 1 else 0.0, rounds=len(times), batch=batch,
+        util=extra.pop("util", float("nan")), group=group, **extra)
 
 
 def _cpu_model() -> str:

@@ -9,6 +9,10 @@ if not torch.cuda.is_available():
     # Triton decides at import whether it interprets; torch.export may import it. Set it first.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The existing suites test the PyTorch engine (its raw maps against float64 references); the
+# OpenVINO engine, and the default engine choice, are tested in test_openvino_engine.py.
+os.environ.setdefault("XAIFAST_ENGINE", "pytorch")
+
 import numpy as np
 import pytest
 

@@ -16,7 +16,8 @@ from jsonargparse import ArgumentParser
 
 from . import __version__
 
-ALGORITHMS = ["auto", "classwisesaliencymap", "recipro_cam", "activationmap", "eigencam"]
+ALGORITHMS = ["auto", "classwisesaliencymap", "recipro_cam", "vit_recipro_cam", "det_class_probability_map", "instseg",
+              "activationmap", "eigencam"]
 GROUPS = ["ALL", "PREDICTIONS", "IMAGE", "CUSTOM"]
 
 
@@ -47,11 +48,22 @@ def _explain_parser() -> ArgumentParser:
     p.add_argument("--explain_config.score", type=Optional[str], default=None,
                    help="softmax | sigmoid | none (default: the recipe's)")
     p.add_argument("--explain_algorithm", "--explain-algorithm", type=str, default="auto",
-                   help=f"{' | '.join(ALGORITHMS)} (classwisesaliencymap = recipro_cam for CNNs)")
+                   help=f"{' | '.join(ALGORITHMS)} (classwisesaliencymap / auto: by model type: recipro_cam "
+                        "for CNNs, vit_recipro_cam for transformers, det_class_probability_map for detectors, "
+                        "instseg for instance segmentation)")
+    p.add_argument("--score_threshold", type=Optional[float], default=None,
+                   help="detection / instance segmentation: confidence threshold of the predictions whose "
+                        "classes PREDICTIONS explains and that are drawn (default: the model's)")
+    p.add_argument("--feature_level", type=int, default=-1,
+                   help="detection / instance segmentation: the pyramid level activationmap / eigencam "
+                        "explain (-1: the last, as OTX)")
     p.add_argument("--device", type=str, default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--engine", type=Optional[str], default=None,
+                   help="auto | openvino | pytorch (default: $XAIFAST_ENGINE, else auto: OpenVINO on CPU for CNN "
+                        "classifiers, PyTorch otherwise)")
     p.add_argument("--precision", type=str, default="f32",
-                   help="exported models (--checkpoint model.xml / .onnx): OpenVINO inference precision "
+                   help="the OpenVINO engine and exported models (--checkpoint model.xml / .onnx): OpenVINO inference precision "
                         "f32 | bf16 | f16 | auto (auto: the device's default, bf16 on CPUs with AVX512-BF16)")
     p.add_argument("--progress", type=bool, default=True, help="show a progress bar on a terminal")
     return p
@@ -117,10 +129,24 @@ def _explain(a) -> int:
         settings = {"recipe": recipe.name, "checkpoint": a.checkpoint or recipe.checkpoint}
     summary = run_explain_job(
         model, data, config, work_dir=a.work_dir, dump=a.dump, settings=settings, batch_size=a.batch_size,
-        progress=a.progress, precision=a.precision,
+        progress=a.progress, precision=a.precision, engine=a.engine,
         preprocess=recipe.preprocess if recipe else None, labels=recipe.labels if recipe else None,
-        target_layer=recipe.target_layer if recipe else None)
+        target_layer=recipe.target_layer if recipe else None,
+        explain_options=_detection_options(recipe, model, a))
     return 0 if summary.images > 0 else 1
+
+
+def _detection_options(recipe, model, a) -> Optional[dict]:
+    """explain() options of a detection / instance-segmentation recipe (None for classifiers)."""
+    if recipe is None or recipe.task == "classification":
+        return None
+    spec = recipe.spec
+    if spec is None and callable(getattr(model, "xaifast_spec", None)):
+        spec = model.xaifast_spec()
+    if spec is None:
+        raise _Usage(f"recipe {recipe.name} has task {recipe.task} but its model has no xaifast_spec() and the "
+                     "recipe no 'spec:' (e.g. spec: {cls_outputs: head.cls_logits, num_anchors: 9})")
+    return dict(spec=spec, feature_level=a.feature_level, score_threshold=a.score_threshold)
 
 
 def _export(a) -> int:

@@ -88,7 +88,14 @@ class RunWriter:
                 _png(path, image)
                 written.append(str(path.relative_to(self.run_dir)))
         self.files += len(written)
-        predictions = [{"class": k, "label": self._label(k), "score": float(ex.prediction[k])} for k in ex.predicted]
+        if isinstance(ex.prediction, dict):  # detections (boxes in the image's pixels)
+            p = ex.prediction
+            predictions = [{"class": int(k), "label": self._label(int(k)), "score": float(s),
+                            "box": [round(float(v), 2) for v in box]}
+                           for box, s, k in zip(p["boxes"], p["scores"], p["labels"])]
+        else:
+            predictions = [{"class": k, "label": self._label(k), "score": float(ex.prediction[k])}
+                           for k in ex.predicted]
         self.records.append({"source": str(ex.source), "predictions": predictions,
                              "targets": [k if k == "image" else int(k) for k in ex.saliency_map], "files": written})
         return written
@@ -97,9 +104,11 @@ class RunWriter:
         """Overlays for low-resolution maps (postprocess=False): the map as it would be shown."""
         from .postprocess import postprocess
 
+        from .detection_run import draw_on_overlays
+
         keys = list(ex.saliency_map)
         _, over = postprocess(np.stack([ex.saliency_map[k] for k in keys]), ex.image, self.alpha)
-        return dict(zip(keys, over))
+        return draw_on_overlays(dict(zip(keys, over)), ex.extras.get("detections"), self.labels)
 
     def _label(self, k: int) -> Optional[str]:
         return self.labels[k] if self.labels is not None and 0 <= k < len(self.labels) else None

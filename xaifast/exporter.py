@@ -55,12 +55,20 @@ def _normalize_u8(raw: torch.Tensor) -> torch.Tensor:
     return u.clamp(0.0, 255.0).to(torch.uint8)
 
 
+def _maps_out(raw: torch.Tensor, raw_maps: bool) -> torch.Tensor:
+    """The graph's map output: normalized uint8 (exported models) or the raw float32 maps (the
+    OpenVINO engine, which normalizes on the host exactly as the PyTorch engine does)."""
+    return raw if raw_maps else _normalize_u8(raw)
+
+
 class ExplainGraph(nn.Module):
-    """model(x) -> (logits, saliency_map uint8, feature_map), traceable by torch.export."""
+    """model(x) -> (logits, saliency_map uint8, feature_map), traceable by torch.export.
+    raw_maps=True: saliency_map is the raw float32 maps instead (the OpenVINO engine's graph)."""
 
     def __init__(self, model: nn.Module, target_name: str, call_index: int, head: Head, feature_shape,
-                 algorithm: str = "recipro_cam", mask: str = "1x1", score: str = "softmax"):
+                 algorithm: str = "recipro_cam", mask: str = "1x1", score: str = "softmax", raw_maps: bool = False):
         super().__init__()
+        self.raw_maps = raw_maps
         self.model = model
         self.target_name = target_name
         self.call_index = call_index
@@ -86,7 +94,7 @@ class ExplainGraph(nn.Module):
             handle.remove()
         feature = seen[self.call_index]
         if self.algorithm == "activationmap":
-            return logits, _normalize_u8(feature.mean(dim=1, keepdim=True)), feature
+            return logits, _maps_out(feature.mean(dim=1, keepdim=True), self.raw_maps), feature
         b, c, h, w = feature.shape
         if self.head_rest is not None:
             k = self.kernel.shape[0]
@@ -101,7 +109,7 @@ class ExplainGraph(nn.Module):
             mosaic = (feature.unsqueeze(1) * masks[None, :, None]).reshape(-1, c, h, w)
             cell_logits = extract_logits(self.head_full(mosaic))
         raw = _scores(cell_logits, self.score).reshape(b, h, w, -1).permute(0, 3, 1, 2)
-        return logits, _normalize_u8(raw), feature
+        return logits, _maps_out(raw, self.raw_maps), feature
 
 
 def _scores(cell_logits: torch.Tensor, score: str) -> torch.Tensor:
@@ -119,8 +127,9 @@ class ViTExplainGraph(nn.Module):
     normalization. feature_map = the patch tokens of T as [B, D, H, W]."""
 
     def __init__(self, adapter, grid, num_aux: int, algorithm: str = "vit_recipro_cam", mask: str = "gaussian",
-                 score: str = "softmax", cls_token: bool = True):
+                 score: str = "softmax", cls_token: bool = True, raw_maps: bool = False):
         super().__init__()
+        self.raw_maps = raw_maps
         self.model = adapter.model
         self._adapter = [adapter]  # not a submodule: the model above is the one the graph captures
         self.grid, self.num_aux, self.algorithm, self.score, self.cls_token = tuple(grid), num_aux, algorithm, score, cls_token
@@ -133,7 +142,7 @@ class ViTExplainGraph(nn.Module):
         feature, logits = adapter.forward(x)
         fmap = feature.feature_map()
         if self.algorithm == "activationmap":
-            return logits, _normalize_u8(fmap.mean(dim=1, keepdim=True)), fmap
+            return logits, _maps_out(fmap.mean(dim=1, keepdim=True), self.raw_maps), fmap
         t = feature.tokens
         b, n, d = t.shape
         h, w = self.grid
@@ -145,7 +154,7 @@ class ViTExplainGraph(nn.Module):
         t_p = torch.cat([aux, patches], dim=2).reshape(b * cells, n, d)
         cell_logits = _scores(extract_logits(adapter.rest(feature).general(t_p)), self.score)
         raw = cell_logits.reshape(b, h, w, -1).permute(0, 3, 1, 2)
-        return logits, _normalize_u8(raw), fmap
+        return logits, _maps_out(raw, self.raw_maps), fmap
 
 
 class LogitsOnly(nn.Module):
@@ -220,13 +229,21 @@ def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, co
     return path
 
 
-def _save_openvino(program, names, metadata, path: Path) -> None:
+def to_openvino(program, names):
+    """An ov.Model from a torch.export program, in memory; outputs named `names`, input "image"."""
     import openvino as ov
 
     ov_model = ov.convert_model(program)
     for output, name in zip(ov_model.outputs, names):
         output.get_tensor().set_names({name})
     ov_model.inputs[0].get_tensor().set_names({"image"})
+    return ov_model
+
+
+def _save_openvino(program, names, metadata, path: Path) -> None:
+    import openvino as ov
+
+    ov_model = to_openvino(program, names)
     ov_model.set_rt_info(json.dumps(metadata), ["model_info", METADATA_KEY])
     ov.save_model(ov_model, str(path), compress_to_fp16=False)
 

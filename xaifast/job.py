@@ -31,8 +31,11 @@ class JobSummary:
 def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: bool = True,
                     preprocess=None, labels: Optional[List[str]] = None, target_layer: Optional[str] = None,
                     settings: Optional[dict] = None, batch_size: int = 16, progress: bool = True,
-                    out: TextIO = sys.stdout, precision: str = "f32") -> JobSummary:
-    """model: an nn.Module, or the path of an exported .xml / .onnx model (run with OpenVINO)."""
+                    out: TextIO = sys.stdout, precision: str = "f32",
+                    explain_options: Optional[dict] = None, engine: Optional[str] = None) -> JobSummary:
+    """model: an nn.Module, or the path of an exported .xml / .onnx model (run with OpenVINO).
+    engine: auto | openvino | pytorch (see `xaifast.explain`); precision: OpenVINO's (engine or exported model).
+    explain_options: more keyword arguments of `xaifast.explain` (e.g. spec=, score_threshold=)."""
     from .models.openvino_model import OpenVINOAdapter, is_exported_model
 
     if is_exported_model(model):
@@ -46,7 +49,11 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
     writer = RunWriter(work_dir, labels, settings, config.alpha) if dump else None
     start = time.perf_counter()
     run = explain(model, data, config, target_layer=target_layer, preprocess=preprocess, labels=labels,
-                  batch_size=batch_size)
+                  batch_size=batch_size, engine=engine, precision=precision, **(explain_options or {}))
+    if labels is None:
+        labels = run.adapter.labels
+        if writer is not None:
+            writer.labels = labels
     if writer is not None:
         writer.settings["mask"] = getattr(run, "mask", config.mask)  # "auto" resolved by model type
     maps = 0
@@ -56,8 +63,7 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
             maps += len(ex.saliency_map)
             if writer is not None:
                 writer.write(ex)
-            names = ", ".join(f"{ex.labels.get(k) or f'class {k}'} ({ex.prediction[k]:.2f})" for k in ex.predicted)
-            line = f"{Path(str(ex.source)).name}: {names}"
+            line = f"{Path(str(ex.source)).name}: {prediction_summary(ex, labels)}"
             if bar is not None:
                 bar.write(line, file=out)
                 bar.update(1)
@@ -72,6 +78,20 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
                          time.perf_counter() - start, run_dir)
     print_summary(summary, work_dir, out)
     return summary
+
+
+def prediction_summary(ex, labels) -> str:
+    """One line: the predicted classes with their scores (detections: count and best score per class)."""
+    def name(k):
+        return ex.labels.get(k) or (labels[k] if labels is not None and 0 <= k < len(labels) else f"class {k}")
+
+    if isinstance(ex.prediction, dict):  # detections
+        scores, found = ex.prediction["scores"], ex.prediction["labels"]
+        if not len(scores):
+            return "no detections"
+        parts = [f"{int((found == k).sum())} x {name(k)} (best {scores[found == k].max():.2f})" for k in ex.predicted]
+        return ", ".join(parts)
+    return ", ".join(f"{name(k)} ({ex.prediction[k]:.2f})" for k in ex.predicted)
 
 
 def _progress(total: Optional[int], enabled: bool):

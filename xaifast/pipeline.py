@@ -20,6 +20,8 @@ from .errors import ClassIndexError, DataError, XaifastError
 from .explanation import Explanation
 from .functional import normalize
 from .models.classifier import ClassifierAdapter
+from .models.detection_adapter import DetectionAdapter, is_detection_model
+from .models.openvino_engine import OpenVINOEngine, select_engine
 from .models.openvino_model import OpenVINOAdapter, is_exported_model
 from .models.vit_adapter import TokenFeature, ViTAdapter, is_transformer
 
@@ -27,11 +29,13 @@ DEFAULT_BATCH_SIZE = 16
 
 
 def as_adapter(model, *, target_layer=None, backbone=None, head=None, preprocess=None, labels=None,
-               algorithm: str = "auto", target_block: int = 1):
-    if isinstance(model, (ClassifierAdapter, ViTAdapter, OpenVINOAdapter)):
+               algorithm: str = "auto", target_block: int = 1, spec=None):
+    if isinstance(model, (ClassifierAdapter, ViTAdapter, OpenVINOAdapter, DetectionAdapter)):
         return model
     if is_exported_model(model):
         return OpenVINOAdapter(model, preprocess=preprocess, labels=labels)
+    if is_detection_model(model, spec):
+        return DetectionAdapter(model, spec, preprocess=preprocess, labels=labels)
     if isinstance(model, torch.nn.Module) and backbone is None and head is None:
         wanted = requested_model_kind(algorithm)
         if wanted == "transformer" or (wanted is None and is_transformer(model, target_layer)):
@@ -102,7 +106,8 @@ class ExplainRun:
     that were skipped as (source, reason) and `count` the images explained."""
 
     def __init__(self, adapter: ClassifierAdapter, data, config: ExplainConfig, batch_size: int,
-                 memory_budget_mb: Optional[float], vit_options: Optional[dict] = None):
+                 memory_budget_mb: Optional[float], vit_options: Optional[dict] = None,
+                 detection_options: Optional[dict] = None):
         if batch_size < 1:
             raise XaifastError(f"batch_size must be >= 1, got {batch_size}")
         self.adapter = adapter
@@ -117,11 +122,21 @@ class ExplainRun:
             self.algorithm = adapter.algorithm  # what the exported graph computes
         self.mask = config.mask if config.mask != "auto" else "gaussian" if adapter.kind == "transformer" else "1x1"
         self.vit_options = dict(vit_options or {})
+        self.detection_options = dict(detection_options or {})
+        if isinstance(adapter, DetectionAdapter):
+            from .detection_run import check_detection_options
+
+            check_detection_options(adapter, config.score)
         self._samples = iter_samples(data, adapter.preprocess)  # validates data now: errors come early
 
     def __iter__(self) -> Iterator[Explanation]:
-        for batch in _batches(self._samples, self.batch_size, self.failures):
-            yield from self._explain_batch(batch)
+        batches = _batches(self._samples, self.batch_size, self.failures)
+        if isinstance(self.adapter, OpenVINOEngine):  # inference overlapped with reading and postprocessing
+            for batch, computed in self.adapter.stream(batches, self):
+                yield from self._explain_batch(batch, computed)
+        else:
+            for batch in batches:
+                yield from self._explain_batch(batch)
         if self.failures:
             listed = "; ".join(f"{src}: {why}" for src, why in self.failures[:10])
             more = f" (and {len(self.failures) - 10} more)" if len(self.failures) > 10 else ""
@@ -148,12 +163,19 @@ class ExplainRun:
             return predicted
         return resolve_classes(self.config.target_classes, num_classes, self.adapter.labels)
 
-    def _explain_batch(self, batch: List[Sample]) -> Iterator[Explanation]:
+    def _explain_batch(self, batch: List[Sample], computed=None) -> Iterator[Explanation]:
         from .postprocess import postprocess
 
         cfg = self.config
-        x = torch.stack([s.tensor for s in batch])
-        if isinstance(self.adapter, OpenVINOAdapter):
+        if isinstance(self.adapter, DetectionAdapter):
+            from .detection_run import explain_detection_batch
+
+            yield from explain_detection_batch(self, batch)
+            return
+        x = torch.stack([s.tensor for s in batch]) if computed is None else None
+        if computed is not None:  # (logits, SaliencyResult) from the OpenVINO engine's stream
+            logits, result = computed
+        elif isinstance(self.adapter, OpenVINOAdapter):
             logits, result = self.adapter.explain_batch(x, self.algorithm)
         else:
             feature, logits = self.adapter.forward(x)
@@ -185,9 +207,9 @@ class ExplainRun:
                 if over is not None:
                     explanation.overlay = dict(zip(keys, over))
             else:
-                explanation.saliency_map = {k: m for k, m in zip(keys, maps)}
-            explanation.labels = {k: self.adapter.label(k) for k in keys
-                                  if isinstance(k, int) and self.adapter.label(k) is not None}
+                explanation.saliency_map = dict(zip(keys, maps))
+            explanation.labels = {} if self.adapter.labels is None else {  # (1000 lookups per image with ALL)
+                k: self.adapter.label(k) for k in keys if isinstance(k, int) and self.adapter.label(k) is not None}
             self.count += 1
             yield explanation
 
@@ -196,7 +218,10 @@ def explain(model, data, config: Optional[ExplainConfig] = None, *, target_layer
             backbone: Optional[Callable] = None, head: Optional[Callable] = None,
             preprocess: Optional[Preprocess] = None, labels: Optional[Sequence[str]] = None,
             batch_size: int = DEFAULT_BATCH_SIZE, memory_budget_mb: Optional[float] = None,
-            target_block: int = 1, cls_token: bool = True, use_fast_path: bool = True) -> ExplainRun:
+            target_block: int = 1, cls_token: bool = True, use_fast_path: bool = True, spec=None,
+            feature_level: int = -1, score_threshold: Optional[float] = None,
+            map_size: Optional[Tuple[int, int]] = None, engine: Optional[str] = None,
+            precision: str = "f32") -> ExplainRun:
     """Explain `model` on `data`; stream one `Explanation` per image, in input order.
 
     model: a torch.nn.Module (target layer detected, or `target_layer="module.name"`), or None
@@ -207,32 +232,57 @@ def explain(model, data, config: Optional[ExplainConfig] = None, *, target_layer
     Transformers (a model with a recognizable block list; vit_recipro_cam): target_block = k-th
     block from the end (or target_layer= naming the block list or one block), cls_token = keep
     the auxiliary tokens in the masked token sets, use_fast_path = exact distinct-token re-inference.
+    Detectors and instance segmentation (`spec=xaifast.DetectorSpec(...)` / `InstanceSegmentationSpec`,
+    or a model with `xaifast_spec()`): feature_level = the pyramid level of activationmap / eigencam
+    (-1: the last, as OTX); score_threshold = the confidence threshold of the predictions (default:
+    the spec's); map_size = (h, w) of the DetClassProbabilityMap maps (default: the middle level's).
+    engine: "auto" (default, or $XAIFAST_ENGINE): OpenVINO on CPU for CNN classifiers given as an
+    nn.Module (recipro_cam / activationmap / eigencam), PyTorch otherwise; "openvino" | "pytorch".
+    precision: the OpenVINO engine's inference precision, f32 (default: the PyTorch maps within 1)
+    | bf16 | f16 | auto (the device's default: bf16 on CPUs with AVX512-BF16 / AMX).
     """
     config = config or ExplainConfig()
     adapter = as_adapter(model, target_layer=target_layer, backbone=backbone, head=head,
-                         preprocess=preprocess, labels=labels, algorithm=config.algorithm, target_block=target_block)
+                         preprocess=preprocess, labels=labels, algorithm=config.algorithm, target_block=target_block,
+                         spec=spec)
+    adapter = select_engine(adapter, engine, precision, config, data)
     return ExplainRun(adapter, data, config, batch_size, memory_budget_mb,
-                      vit_options=dict(cls_token=cls_token, use_fast_path=use_fast_path))
+                      vit_options=dict(cls_token=cls_token, use_fast_path=use_fast_path),
+                      detection_options=dict(feature_level=feature_level, score_threshold=score_threshold,
+                                             map_size=map_size))
 
 
 def saliency_maps(model, images, algorithm: str = "auto", *, target_layer: Optional[str] = None,
                   backbone: Optional[Callable] = None, head: Optional[Callable] = None, mask: str = "auto",
                   score: str = "softmax", preprocess: Optional[Preprocess] = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, memory_budget_mb: Optional[float] = None,
-                  target_block: int = 1, cls_token: bool = True, use_fast_path: bool = True) -> torch.Tensor:
+                  target_block: int = 1, cls_token: bool = True, use_fast_path: bool = True, spec=None,
+                  feature_level: int = -1, score_threshold: Optional[float] = None,
+                  map_size: Optional[Tuple[int, int]] = None, engine: Optional[str] = None,
+                  precision: str = "f32") -> torch.Tensor:
     """Raw float32 saliency maps [B, K, h, w] (K = 1 for class-agnostic algorithms).
     mask "auto": 1x1 for CNNs, gaussian for transformers (as OTX)."""
     group = TargetExplainGroup.ALL
     config = ExplainConfig(target_explain_group=group, algorithm=algorithm, mask=mask, score=score)
     run = explain(model, images, config, target_layer=target_layer, backbone=backbone, head=head,
                   preprocess=preprocess, batch_size=batch_size, memory_budget_mb=memory_budget_mb,
-                  target_block=target_block, cls_token=cls_token, use_fast_path=use_fast_path)
+                  target_block=target_block, cls_token=cls_token, use_fast_path=use_fast_path, spec=spec,
+                  feature_level=feature_level, score_threshold=score_threshold, map_size=map_size,
+                  engine=engine, precision=precision)
+    if isinstance(run.adapter, OpenVINOEngine):  # raw maps from the OpenVINO engine's graph
+        return run.adapter.saliency_maps(run, _batches(run._samples, batch_size, run.failures))
     if isinstance(run.adapter, OpenVINOAdapter) and run.algorithm not in ("activationmap", "eigencam"):
         raise XaifastError("an exported model carries normalized uint8 maps, not raw ones: use "
                            "xaifast.explain(path, data) for them, or saliency_maps on the PyTorch model")
     raws = []
     for batch in _batches(run._samples, batch_size, run.failures):
-        feature, _ = run.adapter.forward(torch.stack([s.tensor for s in batch]))
+        x = torch.stack([s.tensor for s in batch])
+        if isinstance(run.adapter, DetectionAdapter):
+            from .detection_run import detection_saliency
+
+            raws.append(detection_saliency(run, run.adapter.forward(x), x.shape[2:]).raw)
+            continue
+        feature, _ = run.adapter.forward(x)
         raws.append(run.saliency(feature, normalize_maps=False).raw)
     if run.failures:
         warnings.warn(f"{len(run.failures)} input(s) could not be read and were skipped", stacklevel=2)

@@ -7,6 +7,10 @@ label names (the `--config` of `xaifast explain`). Built-in recipes ship in xaif
     input_size: [H, W]; mean / std: per RGB channel in 0..255 units
     labels: a list, a path to a text file (one name per line), or "imagenet"
     score: softmax | sigmoid | none
+    task: classification (default) | detection | instance_segmentation
+    spec: detectors / instance segmentation, when the model has no xaifast_spec(): the fields of
+          xaifast.DetectorSpec (cls_outputs, num_anchors, num_classes, features, score_threshold)
+          or xaifast.InstanceSegmentationSpec (num_classes, score_threshold, features)
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from .data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from .errors import XaifastError
 
 DEFAULT_RECIPE = "efficientnet_lite0"
-_KEYS = {"task", "model", "checkpoint", "target_layer", "input_size", "mean", "std", "labels", "score"}
+_KEYS = {"task", "model", "checkpoint", "target_layer", "input_size", "mean", "std", "labels", "score", "spec"}
+TASKS = ("classification", "detection", "instance_segmentation")
 
 
 class RecipeError(XaifastError, ValueError):
@@ -47,6 +52,7 @@ class Recipe:
     labels: Optional[List[str]] = None
     score: str = "softmax"
     task: str = "classification"
+    spec: Optional[Dict[str, Any]] = None
     source: str = field(default="", repr=False)
 
     @property
@@ -141,12 +147,21 @@ def load_recipe(name_or_path: Optional[str] = None) -> Recipe:
     unknown = set(data) - _KEYS
     if unknown:
         raise RecipeError(f"recipe {name_or_path}: unknown keys {sorted(unknown)}; known: {sorted(_KEYS)}")
-    if data.get("task", "classification") != "classification":
-        raise RecipeError(f"recipe {name_or_path}: task {data['task']!r} is not supported yet (classification)")
+    task = data.get("task", "classification")
+    if task not in TASKS:
+        raise RecipeError(f"recipe {name_or_path}: unknown task {task!r}; use one of {', '.join(TASKS)}")
+    spec = data.get("spec")
+    if spec is not None:
+        if not isinstance(spec, dict):
+            raise RecipeError(f"recipe {name_or_path}: spec must be a mapping (e.g. cls_outputs: head.cls, "
+                              "num_anchors: 9)")
+        if task == "classification":
+            raise RecipeError(f"recipe {name_or_path}: spec is for detection / instance_segmentation; set task")
+        spec = dict(spec, task=task)
     model = data["model"] if isinstance(data["model"], dict) else {"class_path": data["model"]}
     size = data.get("input_size", (224, 224))
     size = (size, size) if isinstance(size, int) else tuple(size)
     return Recipe(name=name, model=model, checkpoint=data.get("checkpoint"), target_layer=data.get("target_layer"),
                   input_size=size, mean=tuple(data.get("mean", IMAGENET_MEAN)),
                   std=tuple(data.get("std", IMAGENET_STD)), labels=_labels(data.get("labels"), base),
-                  score=data.get("score", "softmax"), source=str(name_or_path))
+                  score=data.get("score", "softmax"), task=task, spec=spec, source=str(name_or_path))

@@ -1,0 +1,765 @@
+"""The OpenVINO CPU engine: a PyTorch classifier explained at OpenVINO speed.
+
+`xaifast.explain(model, data, engine="openvino")` (the default on CPU for CNN classifiers, see
+`select_engine`) converts the model together with its explain head into one OpenVINO model, in
+memory: the export path's graph (`xaifast.exporter.ExplainGraph` / `ViTExplainGraph`) with the
+raw float32 maps as output (`raw_maps=True`), `torch.export` with a dynamic batch, then
+`openvino.convert_model`. One inference gives the logits and the raw class maps (Recipro-CAM
+computed inside the graph: the GAP shortcut as a depthwise convolution, or the head on a mosaic),
+the activation map, or the feature map (EigenCAM's SVD runs on the host); normalization to uint8
+runs on the host with the same C++ kernel as the PyTorch engine, so both engines give the same
+maps (f32: within 1 in uint8).
+
+Caches, so a model is converted once:
+- in process: compiled models keyed by a fingerprint of the weights (SHA-1 of the state_dict's
+  bytes, recomputed when a tensor's storage, version counter or sampled values change) and of the
+  architecture, the input shape, the algorithm, mask, score, target layer and the precision;
+- on disk: the converted IR under `$XAIFAST_CACHE_DIR/openvino/<key>/` (default
+  `~/.cache/xaifast/openvino/<key>/`; `XAIFAST_CACHE_DIR=none` turns it off), plus OpenVINO's own
+  compiled-blob cache (`.../openvino/blobs`), so a second process skips torch.export and the
+  conversion. A corrupt entry or an unwritable folder gives a warning, never an error.
+
+Execution overlaps loading, inference and postprocessing: a reader thread decodes and stacks the
+next batches (bounded queue) while OpenVINO runs batch n+1.. on its own threads (async infer
+requests, GIL released) and the caller normalizes and yields batch n. Explanations come out in
+input order; unreadable inputs are still skipped and listed in `run.failures`.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import queue
+import shutil
+import threading
+import uuid
+import warnings
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..algorithms.base import SaliencyResult
+from ..errors import XaifastError
+from .base import ModelAdapter
+from .openvino_model import PRECISIONS
+
+ENGINES = ("auto", "openvino", "pytorch")
+ENGINE_ENV = "XAIFAST_ENGINE"
+CACHE_ENV = "XAIFAST_CACHE_DIR"
+#: Bumped whenever the engine's graph or cache layout changes (old disk entries are then ignored).
+CACHE_FORMAT = 1
+#: Algorithms the engine runs, per model kind (what the graph computes: see _graph_algorithm).
+ENGINE_ALGORITHMS = {"cnn_classifier": ("recipro_cam", "activationmap", "eigencam"),
+                     "transformer": ("vit_recipro_cam", "activationmap", "eigencam")}
+#: How many compiled models the process keeps (least recently used ones are dropped).
+MAX_COMPILED = 8
+#: Memory one transformer inference may use for the masked token sets (the graph holds the plain
+#: re-inference of every cell); larger batches are split into several requests.
+VIT_REQUEST_BUDGET_BYTES = 1 << 30
+#: engine="auto" converts a model only for inputs of at least this many images (or of unknown
+#: length): the first conversion costs seconds (ResNet-50: ~15 s) that a handful of images never
+#: pays back. Smaller inputs use a model already converted (in memory or on disk), else PyTorch.
+AUTO_MIN_IMAGES = 32
+PERFORMANCE_HINT = "THROUGHPUT"  # measured: >= LATENCY on the 2-core CI machine, batch 16 (2 streams)
+
+#: Counters for tests and diagnostics: conversions (torch.export + convert_model), disk_loads,
+#: compilations, memory_hits, fallbacks.
+STATS: collections.Counter = collections.Counter()
+
+
+class EngineError(XaifastError, ValueError):
+    """The OpenVINO engine cannot run this model or setting."""
+
+
+# ------------------------------------------------------------------------------ selection
+def engine_name(engine: Optional[str]) -> str:
+    """The engine asked for: the argument, else $XAIFAST_ENGINE, else "auto"."""
+    name = engine if engine is not None else (os.environ.get(ENGINE_ENV) or "auto")
+    name = str(name).strip().lower()
+    if name == "ov":
+        name = "openvino"
+    if name == "torch":
+        name = "pytorch"
+    if name not in ENGINES:
+        raise EngineError(f"unknown engine {engine if engine is not None else name!r}; use one of {', '.join(ENGINES)}"
+                          + ("" if engine is not None else f" (from ${ENGINE_ENV})"))
+    return name
+
+
+def _openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def unsupported_reason(adapter, config) -> Optional[str]:
+    """Why the OpenVINO engine cannot explain `adapter` with `config` (None: it can)."""
+    from ..algorithms import resolve_algorithm
+
+    kind = getattr(adapter, "kind", None)
+    if kind not in ENGINE_ALGORITHMS:
+        return f"{str(kind).replace('_', ' ')} models run on the PyTorch engine"
+    model = getattr(adapter, "model", None)
+    if not isinstance(model, nn.Module):
+        return "backbone= / head= callables cannot be converted (pass the nn.Module, with target_layer=)"
+    device = adapter.device
+    if device.type != "cpu":
+        return f"the model is on {device}; the OpenVINO engine runs on CPU (CUDA models use PyTorch / Triton)"
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes and dtypes != {torch.float32}:
+        return f"the model's parameters are {', '.join(sorted(str(d) for d in dtypes))}, not float32"
+    try:
+        algorithm = resolve_algorithm(config.algorithm, kind, config.target_explain_group)
+    except XaifastError:
+        return None  # the run reports the bad algorithm itself
+    if algorithm not in ENGINE_ALGORITHMS[kind]:
+        return f"{algorithm} is not available in the OpenVINO engine"
+    if not _openvino_available():
+        return "the openvino package cannot be imported"
+    return None
+
+
+def image_count(data) -> Optional[int]:
+    """How many images `data` holds, when that is cheap to know (None: unknown)."""
+    from ..data import is_file_input, list_image_files
+
+    try:
+        if isinstance(data, (torch.Tensor, np.ndarray)):
+            return 1 if data.ndim == 3 else int(data.shape[0])
+        if is_file_input(data):
+            return len(list_image_files(data))
+        if isinstance(data, (list, tuple)) and all(isinstance(d, (torch.Tensor, np.ndarray)) for d in data):
+            return sum(1 if d.ndim == 3 else int(d.shape[0]) for d in data)
+        dataset = getattr(data, "dataset", None)
+        if dataset is not None and hasattr(dataset, "__len__"):
+            return len(dataset)
+    except Exception:
+        return None
+    return None
+
+
+def select_engine(adapter, engine: Optional[str], precision: Optional[str], config, data=None):
+    """The adapter that runs the explanation: `adapter` itself (PyTorch engine, exported models,
+    detectors) or an `OpenVINOEngine` around it.
+
+    engine "pytorch": always PyTorch. "openvino": the OpenVINO engine, or an EngineError saying why
+    it cannot run. "auto" (default, or $XAIFAST_ENGINE): OpenVINO for CNN classifiers given as an
+    nn.Module on CPU with recipro_cam / activationmap / eigencam (the same maps, faster); PyTorch
+    for everything else: CUDA models, backbone=/head= callables, detectors, and transformers (the
+    PyTorch engine's exact fast path re-runs only distinct tokens, while the converted graph holds
+    the plain re-inference of every masked token set, which is slower). A model whose conversion
+    fails (or whose converted outputs differ) falls back to PyTorch with one warning under auto.
+    Under auto, an input of fewer than AUTO_MIN_IMAGES images uses OpenVINO only when the model is
+    already converted (this process or the disk cache): a conversion would cost more than it saves.
+    $XAIFAST_ENGINE=openvino (the default, not the argument) prefers OpenVINO wherever it can run
+    (transformers and small inputs included) and falls back to PyTorch elsewhere, without errors.
+    """
+    from .openvino_model import OpenVINOAdapter
+
+    name = engine_name(engine)
+    explicit = name == "openvino" and engine is not None  # the argument, not $XAIFAST_ENGINE
+    precision = "f32" if precision is None else str(precision).lower()
+    if precision not in PRECISIONS:
+        raise EngineError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if isinstance(adapter, OpenVINOEngine):
+        return adapter
+    if name == "pytorch" or isinstance(adapter, OpenVINOAdapter):
+        return adapter  # an exported model already runs with OpenVINO
+    reason = unsupported_reason(adapter, config)
+    if reason is not None:
+        if explicit:
+            raise EngineError(f"engine='openvino' cannot explain this model: {reason}; use engine='pytorch'")
+        return adapter
+    if name == "auto" and adapter.kind == "transformer":
+        return adapter
+    return OpenVINOEngine(adapter, precision=precision, explicit=explicit,
+                          expected_images=image_count(data) if name == "auto" else None)
+
+
+# ------------------------------------------------------------------------------ fingerprints
+_WEIGHT_DIGESTS: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+_ARCH_DIGESTS: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def _sample(t: torch.Tensor) -> torch.Tensor:
+    """A few values spread over the tensor (catches in-place writes through `.data`, which do not
+    bump PyTorch's version counter)."""
+    flat = t.detach().reshape(-1)
+    n = flat.numel()
+    if n == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    step = max(1, n // 7)
+    return torch.cat([flat[::step][:8], flat[-1:]]).to(torch.float64)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-1 of the model's state (parameters and buffers: names, dtypes, shapes, bytes).
+
+    The hash is recomputed only when a tensor's storage, dtype, shape, version counter (every
+    in-place update PyTorch tracks: optimizer steps, load_state_dict, ops under no_grad) or a
+    sample of its values changed since the last call on this model object."""
+    state = model.state_dict(keep_vars=True)
+    tensors = [(k, v) for k, v in state.items() if isinstance(v, torch.Tensor)]
+    quick = tuple((k, v.data_ptr(), v._version, v.dtype, tuple(v.shape)) for k, v in tensors)
+    samples = [_sample(v) for _, v in tensors if not v.is_complex()]
+    quick += (hashlib.sha1(torch.cat(samples).numpy().tobytes()).hexdigest() if samples else "",)
+    memo = _WEIGHT_DIGESTS.get(model)
+    if memo is not None and memo[0] == quick:
+        return memo[1]
+    h = hashlib.sha1()
+    for k, v in tensors:
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(_tensor_bytes(v))
+    digest = h.hexdigest()
+    _WEIGHT_DIGESTS[model] = (quick, digest)
+    return digest
+
+
+def _code_digest(fn) -> str:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return repr(fn)
+    return hashlib.sha1(code.co_code + repr(code.co_consts).encode() + repr(code.co_names).encode()).hexdigest()
+
+
+def architecture_digest(model: nn.Module) -> str:
+    """The model's identity apart from its weights: classes (and their forward code), the module
+    tree with each module's settings (repr), parameter and buffer names and shapes."""
+    ids = tuple(id(m) for m in model.modules())
+    memo = _ARCH_DIGESTS.get(model)
+    if memo is not None and memo[0] == ids:
+        return memo[1]
+    h = hashlib.sha1()
+    types = sorted({type(m) for m in model.modules()}, key=lambda t: f"{t.__module__}.{t.__qualname__}")
+    for t in types:
+        h.update(f"{t.__module__}.{t.__qualname__}:{_code_digest(getattr(t, 'forward', None))}|".encode())
+    h.update(repr(model).encode())
+    for name, t in model.state_dict(keep_vars=True).items():
+        if isinstance(t, torch.Tensor):
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}|".encode())
+    digest = h.hexdigest()
+    _ARCH_DIGESTS[model] = (ids, digest)
+    return digest
+
+
+# ------------------------------------------------------------------------------ disk cache
+def cache_root() -> Optional[Path]:
+    """Folder of the engine's disk cache, or None when $XAIFAST_CACHE_DIR says none/off."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None and value.strip().lower() in ("", "none", "off", "0", "false"):
+        return None
+    if value:
+        return Path(value).expanduser() / "openvino"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "xaifast" / "openvino"
+
+
+_WARNED: set = set()
+
+
+def _warn_once(key, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, stacklevel=4)
+
+
+def _versions() -> str:
+    import openvino as ov
+
+    from .. import __version__
+
+    return f"xaifast {__version__}; torch {torch.__version__}; openvino {ov.get_version()}"
+
+
+@dataclass
+class _Compiled:
+    """One compiled engine model (shared by every run on the same model, shape, settings and precision)."""
+
+    compiled: object
+    names: List[str]
+    meta: dict
+    depth: int  # requests kept in flight
+    max_batch: int  # images per request (transformers: bounded by VIT_REQUEST_BUDGET_BYTES)
+    source: object = None  # the IR: a path in the disk cache, or the in-memory ov.Model
+
+
+_COMPILED: "collections.OrderedDict[tuple, _Compiled]" = collections.OrderedDict()
+_FAILED: Dict[tuple, str] = {}
+_LOCK = threading.Lock()
+
+
+def clear_cache(memory: bool = True, disk: bool = False) -> None:
+    """Forget the compiled models of this process (memory) and / or delete the disk cache."""
+    if memory:
+        with _LOCK:
+            _COMPILED.clear()
+            _FAILED.clear()
+    root = cache_root()
+    if disk and root is not None and root.exists():
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _compile_config(precision: str, blobs: Optional[Path]) -> dict:
+    config = {"PERFORMANCE_HINT": PERFORMANCE_HINT}
+    if precision != "auto":
+        config["INFERENCE_PRECISION_HINT"] = precision
+    if blobs is not None:
+        config["CACHE_DIR"] = str(blobs)
+    return config
+
+
+def _core():
+    import openvino as ov
+
+    global _CORE
+    if _CORE is None:
+        _CORE = ov.Core()
+    return _CORE
+
+
+_CORE = None
+
+
+def _graph_algorithm(algorithm: str) -> Tuple[str, Tuple[int, ...], List[str]]:
+    """(what the graph computes, which outputs it keeps, their names) for a run's algorithm."""
+    if algorithm == "eigencam":  # the SVD runs on the host, on the feature map
+        return "activationmap", (0, 2), ["logits", "feature_map"]
+    return algorithm, (0, 1), ["logits", "saliency_map"]
+
+
+# ------------------------------------------------------------------------------ the engine
+@dataclass
+class _Job:
+    batch: list
+    part: int
+    parts: int
+    entry: _Compiled
+    request: object
+    x: np.ndarray  # kept alive while OpenVINO reads it (inputs are shared, not copied)
+
+
+class OpenVINOEngine(ModelAdapter):
+    """A PyTorch classifier (CNN or transformer adapter) run by OpenVINO; see the module doc.
+
+    Everything the pipeline asks of an adapter (kind, preprocess, labels, target, head, rest,
+    forward) is the wrapped adapter's; `stream` runs batches through the compiled model."""
+
+    def __init__(self, adapter, *, precision: str = "f32", explicit: bool = True,
+                 expected_images: Optional[int] = None):
+        self.inner = adapter
+        self.kind = adapter.kind
+        self.precision = precision
+        self.explicit = explicit
+        self.expected_images = expected_images
+        self.fallback_reason: Optional[str] = None  # set when auto fell back to PyTorch
+
+    def __getattr__(self, name):
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    @property
+    def preprocess(self):
+        return self.inner.preprocess
+
+    @property
+    def labels(self):
+        return self.inner.labels
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def engine(self) -> str:
+        return "pytorch" if self.fallback_reason else "openvino"
+
+    # -------------------------------------------------------------- keys and conversion
+    def _key(self, shape: Tuple[int, ...], run) -> tuple:
+        model = self.inner.model
+        graph_algorithm, keep, _ = _graph_algorithm(run.algorithm)
+        class_wise = graph_algorithm in ("recipro_cam", "vit_recipro_cam")
+        vit = self.kind == "transformer"
+        return (CACHE_FORMAT, _versions(), self.kind, architecture_digest(model), weights_digest(model),
+                tuple(int(s) for s in shape),
+                graph_algorithm, keep, run.mask if class_wise else None, run.config.score if class_wise else None,
+                getattr(self.inner, "target_layer", None), getattr(self.inner, "target_block", None) if vit else None,
+                bool(run.vit_options.get("cls_token", True)) if vit and class_wise else None)
+
+    def _example(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.array(x[:2]))
+        return t if t.shape[0] >= 2 else torch.cat([t, t])  # batch 1 would specialize the traced batch size
+
+    def _convert(self, x: np.ndarray, run):
+        """torch.export + convert_model of the explain graph (raw maps); returns (ov.Model, meta, verify)
+        where verify(compiled f32 model) checks it against PyTorch. The exporters' own deprecation
+        notices are silenced (under -W error they would make a working conversion fail); warnings of
+        the run (e.g. skipped images, from the reader thread) are not."""
+        with warnings.catch_warnings():
+            for category in (FutureWarning, DeprecationWarning):
+                warnings.filterwarnings("ignore", category=category)
+            warnings.filterwarnings("ignore", module=r"(torch|openvino|transformers)(\.|$)")
+            return self._convert_quietly(x, run)
+
+    def _convert_quietly(self, x: np.ndarray, run):
+        from ..exporter import ExplainGraph, ViTExplainGraph, to_openvino
+        from .head_graph import Head
+
+        graph_algorithm, keep, names = _graph_algorithm(run.algorithm)
+        inner = self.inner
+        example = self._example(x)
+        feature, logits = inner.forward(example)
+        if self.kind == "transformer":
+            graph = ViTExplainGraph(inner, feature.grid, feature.num_aux, graph_algorithm, run.mask, run.config.score,
+                                    bool(run.vit_options.get("cls_token", True)), raw_maps=True)
+            cells, tokens, dim = feature.grid[0] * feature.grid[1], feature.tokens.shape[1], feature.tokens.shape[2]
+            per_image = cells * tokens * dim * 4 * 12  # masked token sets and their activations
+        else:
+            head = inner.head(feature) if graph_algorithm == "recipro_cam" else Head(full=None)
+            graph = ExplainGraph(inner.model, inner.target.name, inner.target.call_index, head, tuple(feature.shape),
+                                 graph_algorithm, run.mask, run.config.score, raw_maps=True)
+            per_image = 0
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        with torch.no_grad():
+            program = torch.export.export(graph.eval(), (example,), dynamic_shapes=({0: batch},), strict=False)
+        ov_model = to_openvino(program, ["logits", "saliency_map", "feature_map"])
+        for index in sorted(set(range(3)) - set(keep), reverse=True):  # outputs the run does not read
+            ov_model.remove_result(ov_model.get_results()[index])
+        STATS["conversions"] += 1
+        meta = {"format": CACHE_FORMAT, "names": names, "kind": self.kind, "algorithm": run.algorithm,
+                "num_classes": int(logits.shape[1]), "per_image_bytes": per_image, "versions": _versions()}
+        return ov_model, meta, lambda compiled: self._verify(compiled, example, feature, logits, run, names)
+
+    def _verify(self, compiled, example: torch.Tensor, feature, logits: torch.Tensor, run, names) -> None:
+        """The converted graph, compiled at f32, must give the PyTorch model's logits and maps
+        (catches conversions that run but compute something else)."""
+        out = compiled.create_infer_request().infer({0: example.numpy()})
+        got = [out[o] for o in compiled.outputs]
+        checks = [("logits", got[0], logits.float().numpy())]
+        if self.kind == "cnn_classifier":
+            if names[1] == "feature_map":
+                checks.append(("feature map", got[1], feature.float().numpy()))
+            elif run.algorithm == "activationmap":
+                checks.append(("activation map", got[1], feature.float().mean(dim=1, keepdim=True).numpy()))
+            else:
+                from ..algorithms import recipro_cam
+
+                ref = recipro_cam(feature, self.inner.head(feature), run.mask, run.config.score).raw.numpy()
+                checks.append(("Recipro-CAM maps", got[1], ref))
+        for what, a, b in checks:
+            if a.shape != b.shape:
+                raise EngineError(f"the converted model's {what} have shape {list(a.shape)}, PyTorch's {list(b.shape)}")
+            scale = max(float(np.abs(b).max()), 1e-12)
+            err = float(np.abs(a.astype(np.float64) - b).max()) / scale
+            if not err <= 1e-3:
+                raise EngineError(f"the converted model's {what} differ from PyTorch's (max relative difference "
+                                  f"{err:.2g}); the conversion is not faithful")
+
+    def _load(self, key: tuple, x: np.ndarray, run, convert: bool = True) -> Optional[_Compiled]:
+        """The compiled model for `key` at this engine's precision: from memory, the disk cache, or
+        converted now (and written to the disk cache); None when not cached and convert is False."""
+        full = key + (self.precision,)
+        with _LOCK:
+            hit = _COMPILED.get(full)
+            if hit is not None:
+                _COMPILED.move_to_end(full)
+                STATS["memory_hits"] += 1
+                return hit
+        if key in _FAILED:
+            raise EngineError(_FAILED[key])
+        core = _core()
+        root = cache_root()
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+        folder = root / digest if root is not None else None
+        blobs = root / "blobs" if root is not None else None
+        compiled = meta = source = None
+        with _LOCK:  # the same model at another precision: its IR (path or in-memory model) compiles again
+            for other_key, other in _COMPILED.items():
+                if other_key[:-1] == key:
+                    source, meta = other.source, other.meta
+                    break
+        if source is not None:
+            compiled = self._compile(core, source, blobs if isinstance(source, str) else None)
+        elif folder is not None and (folder / "meta.json").is_file():
+            try:
+                meta = json.loads((folder / "meta.json").read_text())
+                if meta.get("format") != CACHE_FORMAT or meta.get("key") != repr(key):
+                    raise ValueError("written by another version")
+                source = str(folder / "model.xml")
+                compiled = self._compile(core, source, blobs)
+                STATS["disk_loads"] += 1
+            except Exception as exc:
+                warnings.warn(f"xaifast: ignoring the OpenVINO engine cache entry {folder} ({type(exc).__name__}: "
+                              f"{_first_line(exc)}); converting the model again", stacklevel=4)
+                shutil.rmtree(folder, ignore_errors=True)
+                compiled = meta = source = None
+        if compiled is None and not convert:
+            return None
+        if compiled is None:
+            try:
+                ov_model, meta, verify = self._convert(x, run)
+                checked = self._compile(core, ov_model, None, "f32")
+                verify(checked)
+            except EngineError as exc:
+                _FAILED[key] = str(exc)
+                raise
+            except Exception as exc:
+                _FAILED[key] = f"converting the model to OpenVINO failed ({type(exc).__name__}: {_first_line(exc)})"
+                raise EngineError(_FAILED[key]) from exc
+            meta["key"] = repr(key)
+            written = self._write(folder, ov_model, meta) if folder is not None else False
+            source = str(folder / "model.xml") if written else ov_model
+            compiled = checked if self.precision == "f32" else self._compile(core, source, blobs if written else None)
+        depth = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        per_image = int(meta.get("per_image_bytes") or 0)
+        max_batch = max(1, VIT_REQUEST_BUDGET_BYTES // per_image) if per_image else 1 << 30
+        entry = _Compiled(compiled, list(meta["names"]), meta, depth, max_batch, source)
+        with _LOCK:
+            _COMPILED[full] = entry
+            while len(_COMPILED) > MAX_COMPILED:
+                _COMPILED.popitem(last=False)
+        return entry
+
+    def _compile(self, core, model, blobs: Optional[Path], precision: Optional[str] = None):
+        STATS["compilations"] += 1
+        precision = precision or self.precision
+        try:
+            return core.compile_model(model, "CPU", _compile_config(precision, blobs))
+        except Exception:
+            if blobs is None:
+                raise
+            return core.compile_model(model, "CPU", _compile_config(precision, None))  # a bad blob cache
+
+    @staticmethod
+    def _write(folder: Path, ov_model, meta: dict) -> bool:
+        """Write the IR and its metadata atomically (a temporary folder renamed); False on failure."""
+        import openvino as ov
+
+        tmp = folder.parent / f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            tmp.mkdir(parents=True, exist_ok=False)
+            ov.save_model(ov_model, str(tmp / "model.xml"), compress_to_fp16=False)
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            try:
+                os.replace(tmp, folder)
+            except OSError:
+                if not (folder / "meta.json").is_file():  # not another process having written it first
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+            return True
+        except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            _warn_once(("write", str(folder.parent)), f"xaifast: cannot write the OpenVINO engine cache in "
+                       f"{folder.parent} ({type(exc).__name__}: {_first_line(exc)}); continuing without it "
+                       f"(set {CACHE_ENV} to a writable folder, or to 'none')")
+            return False
+
+    # -------------------------------------------------------------- running
+    def _entry(self, x: np.ndarray, run, entries: dict) -> Optional[_Compiled]:
+        """The compiled model for this batch's input shape; None when falling back to PyTorch."""
+        if self.fallback_reason is not None:
+            return None
+        shape = tuple(x.shape[1:])
+        if shape not in entries:
+            small = not self.explicit and self.expected_images is not None and self.expected_images < AUTO_MIN_IMAGES
+            try:
+                entry = self._load(self._key(shape, run), x, run, convert=not small)
+                if entry is None:  # auto, a few images, the model not converted yet: PyTorch is faster
+                    self.fallback_reason = f"fewer than {AUTO_MIN_IMAGES} images and no converted model cached"
+                    STATS["small_inputs"] += 1
+                    return None
+                entries[shape] = entry
+            except EngineError as exc:
+                if self.explicit:
+                    raise EngineError(f"engine='openvino': {exc}. Use engine='pytorch' for this model") from None
+                self.fallback_reason = str(exc)
+                STATS["fallbacks"] += 1
+                warnings.warn(f"xaifast: the OpenVINO engine cannot run this model ({exc}); explaining it with "
+                              "the PyTorch engine instead", stacklevel=4)
+                return None
+        return entries[shape]
+
+    def _pytorch(self, x: np.ndarray, run, normalize: bool):
+        feature, logits = self.inner.forward(torch.from_numpy(x))
+        return logits, run.saliency(feature, normalize_maps=normalize)
+
+    def _finish(self, outputs: List[list], names: List[str], run, normalize: bool, views: bool):
+        """(logits, SaliencyResult) from the outputs of a batch's requests. views=True: the arrays
+        are the request's own buffers (copied or read here, before the request is reused)."""
+        if len(outputs) > 1:
+            parts, views = [np.concatenate(o) for o in zip(*outputs)], False
+        else:
+            parts = outputs[0]
+        own = (lambda a: a.copy()) if views else (lambda a: a)  # noqa: E731
+        logits = torch.from_numpy(own(parts[0]))
+        if names[1] == "feature_map":
+            from ..algorithms import explain_eigen_cam
+
+            return logits, explain_eigen_cam(torch.from_numpy(own(parts[1])))
+        class_agnostic = run.algorithm == "activationmap"
+        if normalize:  # uint8 straight from the output buffer; one thread: OpenVINO's threads are busy
+            from ..functional import normalize as normalize_maps
+
+            u8 = torch.from_numpy(normalize_maps(parts[1], num_threads=1))
+            return logits, SaliencyResult(raw=None, normalized=u8, class_agnostic=class_agnostic)
+        return logits, SaliencyResult(raw=torch.from_numpy(own(parts[1])), class_agnostic=class_agnostic)
+
+    def stream(self, batches, run, normalize: bool = True) -> Iterator[Tuple[list, Tuple[torch.Tensor, SaliencyResult]]]:
+        """(batch, (logits, SaliencyResult with raw maps)) for every batch of `batches`, in order.
+
+        A reader thread stacks the next batches (decoding files on the data pool) while up to
+        `depth` inference requests run; the caller works on batch n while OpenVINO computes the
+        next ones."""
+        entries: Dict[tuple, _Compiled] = {}
+        free: Dict[int, collections.deque] = {}
+        pending: collections.deque = collections.deque()
+        outputs_of: Dict[int, list] = {}
+        source = _prefetch(batches, depth=2)
+
+        def collect():
+            job = pending.popleft()
+            job.request.wait()
+            names = job.entry.names
+            out = [job.request.get_output_tensor(i).data for i in range(len(names))]
+            try:
+                if job.parts == 1:  # the usual case: read the request's buffers in place
+                    return job.batch, self._finish([out], names, run, normalize, views=True)
+                outputs_of.setdefault(id(job.batch), []).append([a.copy() for a in out])
+                if job.part == job.parts - 1:
+                    return job.batch, self._finish(outputs_of.pop(id(job.batch)), names, run, normalize, views=False)
+                return None
+            finally:
+                free[id(job.entry)].append(job.request)
+
+        try:
+            for batch, x in source:
+                entry = self._entry(x, run, entries)
+                if entry is None:
+                    while pending:
+                        done = collect()
+                        if done is not None:
+                            yield done
+                    yield batch, self._pytorch(x, run, normalize)
+                    continue
+                pool = free.get(id(entry))
+                if pool is None:
+                    pool = free[id(entry)] = collections.deque(entry.compiled.create_infer_request()
+                                                               for _ in range(entry.depth + 1))
+                chunks = [x[i:i + entry.max_batch] for i in range(0, x.shape[0], entry.max_batch)]
+                for part, chunk in enumerate(chunks):
+                    request = pool.popleft()
+                    request.start_async({0: chunk}, share_inputs=True)
+                    pending.append(_Job(batch, part, len(chunks), entry, request, chunk))
+                    while len(pending) > entry.depth:
+                        done = collect()
+                        if done is not None:
+                            yield done
+            while pending:
+                done = collect()
+                if done is not None:
+                    yield done
+        finally:
+            for job in pending:  # stopped early: let OpenVINO finish with the shared inputs
+                try:
+                    job.request.wait()
+                except Exception:
+                    pass
+            source.close()
+
+    def saliency_maps(self, run, batches) -> torch.Tensor:
+        """Raw float32 maps [B, K, h, w] of every batch (`xaifast.saliency_maps`)."""
+        from ..errors import DataError
+
+        raws = [result.raw for _, (_, result) in self.stream(batches, run, normalize=False)]
+        if run.failures:
+            warnings.warn(f"{len(run.failures)} input(s) could not be read and were skipped", stacklevel=3)
+        if not raws:
+            raise DataError("no input could be explained")
+        return torch.cat(raws)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+class _Raised:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_DONE = object()
+
+
+def _stacked(tensors: List[torch.Tensor]) -> np.ndarray:
+    """The batch as one float32 array: a view of the caller's tensor when the samples are its
+    consecutive rows (a batch of a [B, 3, H, W] input: no copy), else a stacked copy."""
+    t0 = tensors[0].detach()
+    if t0.dtype == torch.float32 and t0.device.type == "cpu" and t0.is_contiguous() and t0.numel():
+        step = t0.numel() * t0.element_size()
+        storage = t0.untyped_storage()
+        if all(t.data_ptr() == t0.data_ptr() + i * step and t.shape == t0.shape and t.is_contiguous()
+               and t.untyped_storage().data_ptr() == storage.data_ptr() for i, t in enumerate(tensors)):
+            view = torch.empty(0, dtype=torch.float32).set_(storage, t0.storage_offset(), (len(tensors), *t0.shape))
+            return view.numpy()
+    return np.ascontiguousarray(torch.stack([t.detach() for t in tensors]).to("cpu", torch.float32).numpy())
+
+
+def _prefetch(batches, depth: int = 2):
+    """Iterate `batches` (lists of Samples) on a reader thread, a bounded `depth` ahead; yields
+    (batch, stacked float32 array). Exceptions of the reader are raised here, in order."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for batch in batches:
+                if not put((batch, _stacked([s.tensor for s in batch]))):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            put(_Raised(exc))
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    pass
+
+    thread = threading.Thread(target=work, name="xaifast-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()
