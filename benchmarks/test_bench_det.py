@@ -38,7 +38,7 @@ import pytest
 import torch
 
 from det_baselines import otx_det_class_probability_map
-from timing import paired, run_measured
+from timing import paired, register_terminal_summary, run_measured
 from xaifast.functional import normalize
 from xaifast.kernels import det_class_map, det_class_map_torch
 
@@ -101,24 +101,10 @@ def _store(benchmark, bench_record, group, row, batch):
 
 
 # ------------------------------------------------------------------------------ summary
-class _SummaryPlugin:
-    """Prints the ratio table in the terminal summary (registered at run time, as
-    test_bench_postprocess.py does: conftest.py's RATIOS belong to the Recipro-CAM benchmarks)."""
-
-    @staticmethod
-    def pytest_terminal_summary(terminalreporter):
-        lines = summary_lines()
-        if lines:
-            terminalreporter.section("xaifast DetClassProbabilityMap benchmark summary (same run)")
-            for line in lines:
-                terminalreporter.write_line(line)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _summary(request):
-    manager = request.config.pluginmanager
-    if manager.get_plugin("xaifast_det_summary") is None:
-        manager.register(_SummaryPlugin(), "xaifast_det_summary")
+    register_terminal_summary(request, "xaifast_det_summary",
+                              "xaifast DetClassProbabilityMap benchmark summary (same run)", summary_lines)
     yield
 
 

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import pytest
 
+from timing import register_terminal_summary
 from xaifast.postprocess import postprocess, postprocess_opencv
 
 try:  # benchmarks/idle.py (shared machine): wait for a quiet machine before each benchmark
@@ -85,24 +86,9 @@ def _agrees(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and float((np.abs(a.astype(np.int16) - b.astype(np.int16)) <= 1).mean()) >= 0.999
 
 
-class _SummaryPlugin:
-    """Prints the ratio table in the terminal summary (registered at run time: benchmarks/conftest.py
-    belongs to the Recipro-CAM benchmarks and is left alone)."""
-
-    @staticmethod
-    def pytest_terminal_summary(terminalreporter):
-        lines = summary_lines()
-        if lines:
-            terminalreporter.section("xaifast postprocess benchmark summary (same run)")
-            for line in lines:
-                terminalreporter.write_line(line)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _summary(request):
-    manager = request.config.pluginmanager
-    if manager.get_plugin("xaifast_postprocess_summary") is None:
-        manager.register(_SummaryPlugin(), "xaifast_postprocess_summary")
+    register_terminal_summary(request, "xaifast_postprocess_summary", "xaifast postprocess benchmark summary (same run)", summary_lines)
     yield
 
 

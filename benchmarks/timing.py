@@ -55,3 +55,21 @@ def paired(benchmark, fns, rounds):
     benchmark.pedantic(one_round, setup=quiet, rounds=rounds, warmup_rounds=1, iterations=1)
     benchmark.extra_info["paired"] = times
     return times
+
+
+def register_terminal_summary(request, plugin_name: str, title: str, lines) -> None:
+    """Print `lines()` (when not empty) as a section `title` of pytest's terminal summary, once
+    per session: for benchmark files whose tables are not conftest.py's Recipro-CAM RATIOS."""
+
+    class _SummaryPlugin:
+        @staticmethod
+        def pytest_terminal_summary(terminalreporter):
+            out = lines()
+            if out:
+                terminalreporter.section(title)
+                for line in out:
+                    terminalreporter.write_line(line)
+
+    manager = request.config.pluginmanager
+    if manager.get_plugin(plugin_name) is None:
+        manager.register(_SummaryPlugin(), plugin_name)
