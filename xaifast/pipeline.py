@@ -197,7 +197,7 @@ class ExplainRun:
                 keys, maps = ["image"], u8[b, :1]
             else:
                 keys = self._targets(scores[b], predicted, num_classes)
-                maps = u8[b, keys]
+                maps = u8[b] if cfg.target_explain_group is TargetExplainGroup.ALL else u8[b, keys]  # ALL: a view
             explanation = Explanation(source=sample.source, saliency_map={}, prediction=scores[b],
                                       predicted=predicted, image=sample.image)
             if cfg.postprocess:

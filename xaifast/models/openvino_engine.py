@@ -493,8 +493,11 @@ class OpenVINOEngine(ModelAdapter):
                     source, meta = other.source, other.meta
                     break
         if source is not None:
-            compiled = self._compile(core, source, blobs if isinstance(source, str) else None)
-        elif folder is not None and (folder / "meta.json").is_file():
+            try:
+                compiled = self._compile(core, source, blobs if isinstance(source, str) else None)
+            except Exception:  # e.g. the disk cache was cleared meanwhile: load or convert below
+                compiled = meta = source = None
+        if compiled is None and folder is not None and (folder / "meta.json").is_file():
             try:
                 meta = json.loads((folder / "meta.json").read_text())
                 if meta.get("format") != CACHE_FORMAT or meta.get("key") != repr(key):
