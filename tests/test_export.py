@@ -48,6 +48,77 @@ def test_exported_maps_equal_pytorch_maps(tmp_path, make, target, suffix):
     assert all(list(e.saliency_map) == ["image"] for e in run)
 
 
+class MLPHeadCNN(torch.nn.Module):
+    """GAP then a two-layer MLP: not affine after pooling (the cell logits need the general head)."""
+
+    def __init__(self, num_classes: int = 5):
+        super().__init__()
+        self.features = SmallCNN(num_classes=num_classes).features
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                              torch.nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)))
+
+
+def test_affine_head_detection():
+    from torch import nn
+
+    from xaifast.models.classifier import ClassifierAdapter
+    from xaifast.models.head_graph import affine_after_gap
+
+    lin = nn.Linear(8, 3)
+    assert affine_after_gap(lin)[0] is lin.weight
+    assert affine_after_gap(nn.Sequential(nn.Flatten(), nn.Dropout(0.2), lin))[1] is lin.bias
+    assert affine_after_gap(nn.Sequential(nn.Flatten(), lin, nn.ReLU())) is None
+    assert affine_after_gap(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3))) is None
+    assert affine_after_gap(lambda t: t) is None
+    for model, affine in ((SmallCNN(num_classes=4).eval(), True), (MLPHeadCNN().eval(), False)):
+        adapter = ClassifierAdapter(model)
+        feature, _ = adapter.forward(torch.randn(2, 3, 32, 32))
+        head = adapter.head(feature)
+        assert head.after_gap is not None
+        found = affine_after_gap(head.after_gap)
+        assert (found is not None) == affine
+        if affine:
+            assert found[0] is model.classifier.weight and found[1] is model.classifier.bias
+
+
+@pytest.mark.parametrize("mask", ["1x1", "gaussian"])
+def test_affine_cell_logits_equal_the_general_head(mask):
+    """The 1x1-convolution cell logits of an affine head = the head applied to every pooled cell."""
+    from xaifast.exporter import ExplainGraph
+    from xaifast.models.classifier import ClassifierAdapter
+
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=7).double().eval()
+    adapter = ClassifierAdapter(model)
+    x = torch.randn(3, 3, 40, 48, dtype=torch.float64)
+    feature, _ = adapter.forward(x)
+    graph = ExplainGraph(model, adapter.target.name, adapter.target.call_index, adapter.head(feature),
+                         tuple(feature.shape), mask=mask, raw_maps=True).eval()
+    assert graph.cell_affine
+    with torch.no_grad():
+        logits, fast, fmap = graph(x)
+        graph.cell_affine = False
+        _, general, _ = graph(x)
+    assert fast.shape == (3, 7, 5, 6) and fast.dtype == torch.float64
+    torch.testing.assert_close(fast, general, rtol=1e-12, atol=1e-12)
+    reference = xaifast.saliency_maps(model, x, mask=mask, engine="pytorch")
+    torch.testing.assert_close(fast.float(), reference.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".xml", ".onnx"])
+def test_exported_mlp_head_maps_equal_pytorch_maps(tmp_path, suffix):
+    torch.manual_seed(1)
+    model = MLPHeadCNN().eval()
+    pre = xaifast.Preprocess(input_size=(32, 40))
+    path = xaifast.export(model, tmp_path / f"m{suffix}", preprocess=pre)
+    x = torch.randn(3, 3, 32, 40)
+    assert_same_explanations(maps_of(path, x, 2), maps_of(model, x, 2))
+
+
 def test_metadata_and_outputs(tmp_path):
     model = SmallCNN(num_classes=3).eval()
     cfg = xaifast.ExplainConfig(target_explain_group="PREDICTIONS", algorithm="activationmap")

@@ -20,7 +20,7 @@ from .config import ExplainConfig, normalize_mask_name
 from .data import Preprocess
 from .errors import XaifastError
 from .models.classifier import ClassifierAdapter
-from .models.head_graph import Head, extract_logits
+from .models.head_graph import Head, affine_after_gap, extract_logits
 
 OUTPUTS = ("logits", "saliency_map", "feature_map")
 METADATA_KEY = "xaifast"
@@ -77,6 +77,12 @@ class ExplainGraph(nn.Module):
         self.head_full = head.full if isinstance(head.full, nn.Module) else None
         self.head_rest = head.after_gap if isinstance(head.after_gap, nn.Module) else None
         self.gap_keepdim = head.gap_keepdim
+        affine = affine_after_gap(self.head_rest) if self.head_rest is not None else None
+        self.cell_affine = affine is not None  # cell logits as a 1x1 convolution: no transposes
+        if affine is not None:
+            weight, bias = affine
+            self.register_buffer("cell_weight", weight.detach()[:, :, None, None], persistent=False)
+            self.register_buffer("cell_bias", None if bias is None else bias.detach(), persistent=False)
         if algorithm == "recipro_cam" and self.head_rest is None and self.head_full is None:
             raise ExportError("the head is an opaque callable; export needs a model whose head can be cut "
                               "from its graph (pass the nn.Module with target_layer=)")
@@ -100,6 +106,10 @@ class ExplainGraph(nn.Module):
             k = self.kernel.shape[0]
             weight = self.kernel.to(feature.dtype).view(1, 1, k, k).expand(c, 1, k, k)
             pooled = nn.functional.conv2d(feature, weight, padding=k // 2, groups=c) / (h * w)
+            if self.cell_affine:  # [B, K, h, w] straight away; softmax over the class channel
+                bias = None if self.cell_bias is None else self.cell_bias.to(feature.dtype)
+                cell_logits = nn.functional.conv2d(pooled, self.cell_weight.to(feature.dtype), bias)
+                return logits, _maps_out(_scores(cell_logits, self.score), self.raw_maps), feature
             pooled = pooled.permute(0, 2, 3, 1).reshape(-1, c)
             if self.gap_keepdim:
                 pooled = pooled.reshape(-1, c, 1, 1)

@@ -6,6 +6,7 @@ listed in `ExplainRun.failures` (and in a summary warning at the end).
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -77,6 +78,21 @@ def scores_of(logits: torch.Tensor, score: str) -> torch.Tensor:
     return logits
 
 
+@contextlib.contextmanager
+def single_torch_thread():
+    """Run the host's small torch ops on this thread alone while the OpenVINO engine computes:
+    waking torch's intra-op pool on cores OpenVINO keeps busy costs milliseconds per op."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def predicted_classes(scores: np.ndarray, multilabel: bool) -> List[int]:
     if multilabel:
         return [int(k) for k in np.flatnonzero(scores >= 0.5)]
@@ -133,7 +149,9 @@ class ExplainRun:
         batches = _batches(self._samples, self.batch_size, self.failures)
         if isinstance(self.adapter, OpenVINOEngine):  # inference overlapped with reading and postprocessing
             for batch, computed in self.adapter.stream(batches, self):
-                yield from self._explain_batch(batch, computed)
+                with single_torch_thread():  # OpenVINO's threads hold the cores: no waits on torch's pool
+                    done = list(self._explain_batch(batch, computed))
+                yield from done
         else:
             for batch in batches:
                 yield from self._explain_batch(batch)

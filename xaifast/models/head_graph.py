@@ -271,3 +271,71 @@ def analyse_head(head: Callable, feature_sample: torch.Tensor) -> Head:
         except ModelSplitError:
             pass
     return Head(full=head)
+
+
+_RESHAPES = {"flatten.using_ints", "view.default", "reshape.default", "_unsafe_view.default", "squeeze.dims",
+             "squeeze.dim", "squeeze.default", "clone.default", "contiguous.default", "dropout.default",
+             "alias.default"}
+
+
+def affine_after_gap(after_gap: Any) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """(weight [K, C], bias [K] or None) when the head after pooling is one affine layer (a Linear,
+    possibly behind flatten / reshape / eval-mode dropout); else None. Such a head maps each pooled
+    cell independently, so Recipro-CAM's cell logits are a 1x1 convolution of the pooled map."""
+    if isinstance(after_gap, nn.Linear):
+        return after_gap.weight, after_gap.bias
+    if isinstance(after_gap, nn.Sequential):
+        layers = [m for m in after_gap if not isinstance(m, (nn.Flatten, nn.Dropout, nn.Identity))]
+        if len(layers) == 1 and isinstance(layers[0], nn.Linear) and isinstance(after_gap[-1], nn.Linear):
+            return layers[0].weight, layers[0].bias
+        return None
+    if not isinstance(after_gap, fx.GraphModule):
+        return None
+    placeholders, linear, out, values = [], None, None, {}
+    for node in after_gap.graph.nodes:
+        if node.op == "placeholder":
+            placeholders.append(node)
+        elif node.op == "get_attr":
+            values[node] = _attr(after_gap, node.target)
+        elif node.op == "output":
+            out = node
+        elif node.op == "call_function":
+            name = _aten_name(node.target)
+            if name == "linear.default" and linear is None:
+                linear = node
+            elif name not in _RESHAPES or (name == "dropout.default" and _arg(node, 2, "train", False)):
+                return None
+        else:
+            return None
+    if len(placeholders) != 1 or linear is None or out is None or out.args[0] is not linear:
+        return None
+    source = linear.args[0]
+    while source is not placeholders[0]:  # only reshapes between the pooled input and the Linear
+        if not isinstance(source, fx.Node) or source.op != "call_function" or _aten_name(source.target) not in _RESHAPES:
+            return None
+        source = source.args[0]
+    weight = values.get(linear.args[1])
+    bias = values.get(linear.args[2]) if len(linear.args) > 2 and linear.args[2] is not None else None
+    if weight is None or weight.ndim != 2 or (len(linear.args) > 2 and linear.args[2] is not None and bias is None):
+        return None
+    return weight, bias
+
+
+def _aten_name(target) -> str:
+    """'linear.default' for torch.ops.aten.linear.default; '' for anything not an aten overload."""
+    if isinstance(target, torch._ops.OpOverload) and target.namespace == "aten":
+        return target.__name__
+    return ""
+
+
+def _arg(node: fx.Node, index: int, name: str, default):
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
+def _attr(gm: nn.Module, target: str):
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj if isinstance(obj, torch.Tensor) else None
