@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import xaifast
-from xaifast import ExplainConfig
 from xaifast.recipe import load_recipe
 
 shapes = pytest.importorskip("xaifast.models.shapes")

@@ -60,8 +60,7 @@ def draw_on_overlays(overlays: Dict, detections: Optional[Detections], labels) -
 
 
 def explain_detection_batch(run, batch) -> Iterator[Explanation]:
-    from .pipeline import resolve_classes
-    from .postprocess import postprocess
+    from .pipeline import attach_maps, resolve_classes
 
     cfg = run.config
     adapter: DetectionAdapter = run.adapter
@@ -88,15 +87,7 @@ def explain_detection_batch(run, batch) -> Iterator[Explanation]:
         explanation = Explanation(source=sample.source, saliency_map={}, prediction=shown.as_dict(),
                                   predicted=predicted, image=sample.image)
         explanation.extras["detections"] = shown
-        if cfg.postprocess:
-            size = sample.image if sample.image is not None else input_hw
-            heat, over = postprocess(np.ascontiguousarray(maps), size, cfg.alpha)
-            explanation.saliency_map = dict(zip(keys, heat))
-            if over is not None:
-                explanation.overlay = draw_on_overlays(dict(zip(keys, over)), shown, adapter.labels)
-        else:
-            explanation.saliency_map = dict(zip(keys, maps))
-        explanation.labels = {k: adapter.label(k) for k in keys
-                              if isinstance(k, int) and adapter.label(k) is not None}
+        attach_maps(explanation, keys, maps, sample.image if sample.image is not None else input_hw, cfg, adapter,
+                    lambda overlays: draw_on_overlays(overlays, shown, adapter.labels))
         run.count += 1
         yield explanation

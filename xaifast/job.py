@@ -31,11 +31,13 @@ class JobSummary:
 def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: bool = True,
                     preprocess=None, labels: Optional[List[str]] = None, target_layer: Optional[str] = None,
                     settings: Optional[dict] = None, batch_size: int = 16, progress: bool = True,
-                    out: TextIO = sys.stdout, precision: str = "f32",
+                    out: Optional[TextIO] = None, precision: str = "f32",
                     explain_options: Optional[dict] = None, engine: Optional[str] = None) -> JobSummary:
     """model: an nn.Module, or the path of an exported .xml / .onnx model (run with OpenVINO).
     engine: auto | openvino | pytorch (see `xaifast.explain`); precision: OpenVINO's (engine or exported model).
-    explain_options: more keyword arguments of `xaifast.explain` (e.g. spec=, score_threshold=)."""
+    explain_options: more keyword arguments of `xaifast.explain` (e.g. spec=, score_threshold=).
+    out: where the per-image lines and the summary go (default: sys.stdout at call time)."""
+    out = out if out is not None else sys.stdout
     from .models.openvino_model import OpenVINOAdapter, is_exported_model
 
     if is_exported_model(model):

@@ -182,8 +182,6 @@ class ExplainRun:
         return resolve_classes(self.config.target_classes, num_classes, self.adapter.labels)
 
     def _explain_batch(self, batch: List[Sample], computed=None) -> Iterator[Explanation]:
-        from .postprocess import postprocess
-
         cfg = self.config
         if isinstance(self.adapter, DetectionAdapter):
             from .detection_run import explain_detection_batch
@@ -218,18 +216,31 @@ class ExplainRun:
                 maps = u8[b] if cfg.target_explain_group is TargetExplainGroup.ALL else u8[b, keys]  # ALL: a view
             explanation = Explanation(source=sample.source, saliency_map={}, prediction=scores[b],
                                       predicted=predicted, image=sample.image)
-            if cfg.postprocess:
-                size = sample.image if sample.image is not None else tuple(sample.tensor.shape[1:])
-                heat, over = postprocess(np.ascontiguousarray(maps), size, cfg.alpha)
-                explanation.saliency_map = dict(zip(keys, heat))
-                if over is not None:
-                    explanation.overlay = dict(zip(keys, over))
-            else:
-                explanation.saliency_map = dict(zip(keys, maps))
-            explanation.labels = {} if self.adapter.labels is None else {  # (1000 lookups per image with ALL)
-                k: self.adapter.label(k) for k in keys if isinstance(k, int) and self.adapter.label(k) is not None}
+            size = sample.image if sample.image is not None else tuple(sample.tensor.shape[1:])
+            attach_maps(explanation, keys, maps, size, cfg, self.adapter)
             self.count += 1
             yield explanation
+
+
+def attach_maps(explanation: Explanation, keys: list, maps: np.ndarray, size, config: ExplainConfig, adapter,
+                decorate_overlays: Optional[Callable[[dict], dict]] = None) -> None:
+    """Put one image's maps [len(keys), h, w] uint8 on its Explanation, keyed by class (or "image"):
+    postprocess=True resizes them to `size` (the image, or its (H, W)) with the colormap and makes
+    the overlays (which `decorate_overlays` may draw on); False keeps the low-resolution maps.
+    Also the label names of the keys."""
+    from .postprocess import postprocess
+
+    if config.postprocess:
+        heat, over = postprocess(np.ascontiguousarray(maps), size, config.alpha)
+        explanation.saliency_map = dict(zip(keys, heat))
+        if over is not None:
+            overlays = dict(zip(keys, over))
+            explanation.overlay = decorate_overlays(overlays) if decorate_overlays is not None else overlays
+    else:
+        explanation.saliency_map = dict(zip(keys, maps))
+    labels = adapter.labels
+    explanation.labels = {} if labels is None else {  # (1000 lookups per image with ALL)
+        k: adapter.label(k) for k in keys if isinstance(k, int) and adapter.label(k) is not None}
 
 
 def explain(model, data, config: Optional[ExplainConfig] = None, *, target_layer: Optional[str] = None,
