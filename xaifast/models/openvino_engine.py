@@ -5,7 +5,8 @@
 memory: the export path's graph (`xaifast.exporter.ExplainGraph` / `ViTExplainGraph`) with the
 raw float32 maps as output (`raw_maps=True`), `torch.export` with a dynamic batch, then
 `openvino.convert_model`. One inference gives the logits and the raw class maps (Recipro-CAM
-computed inside the graph: the GAP shortcut as a depthwise convolution, or the head on a mosaic),
+computed inside the graph: the GAP shortcut as a depthwise convolution, then an affine head's
+cell logits as one 1x1 convolution or any other head on the pooled cells; or the head on a mosaic),
 the activation map, or the feature map (EigenCAM's SVD runs on the host); normalization to uint8
 runs on the host with the same C++ kernel as the PyTorch engine, so both engines give the same
 maps (f32: within 1 in uint8).
