@@ -107,6 +107,18 @@ def test_affine_cell_logits_equal_the_general_head(mask):
     torch.testing.assert_close(fast, general, rtol=1e-12, atol=1e-12)
     reference = xaifast.saliency_maps(model, x, mask=mask, engine="pytorch")
     torch.testing.assert_close(fast.float(), reference.float(), rtol=1e-5, atol=1e-6)
+    # a Linear that is not one of the model's own modules (a copy): held by the graph itself
+    from copy import deepcopy
+
+    from xaifast.models.head_graph import Head
+
+    head = adapter.head(feature)
+    other = ExplainGraph(model, adapter.target.name, adapter.target.call_index,
+                         Head(full=head.full, after_gap=deepcopy(model.classifier), gap_keepdim=False),
+                         tuple(feature.shape), mask=mask, raw_maps=True).eval()
+    assert other.cell_affine and other.cell_names == (None, None)
+    with torch.no_grad():
+        torch.testing.assert_close(other(x)[1], fast, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("suffix", [".xml", ".onnx"])

@@ -78,11 +78,15 @@ class ExplainGraph(nn.Module):
         self.head_rest = head.after_gap if isinstance(head.after_gap, nn.Module) else None
         self.gap_keepdim = head.gap_keepdim
         affine = affine_after_gap(self.head_rest) if self.head_rest is not None else None
+        if affine is not None and affine[0].shape[1] != feature_shape[1]:
+            affine = None  # the reshapes before the Linear regroup the channels: keep the general head
         self.cell_affine = affine is not None  # cell logits as a 1x1 convolution: no transposes
-        if affine is not None:
-            weight, bias = affine
-            self.register_buffer("cell_weight", weight.detach()[:, :, None, None], persistent=False)
-            self.register_buffer("cell_bias", None if bias is None else bias.detach(), persistent=False)
+        if affine is not None:  # the model's own tensors, by name (one copy in the exported graph)
+            names = {id(t): n for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+            self.cell_names = tuple(None if t is None else names.get(id(t)) for t in affine)
+            for name, t in zip(("cell_weight", "cell_bias"), affine):
+                if t is not None and names.get(id(t)) is None:
+                    self.register_buffer(name, t.detach(), persistent=False)
         if algorithm == "recipro_cam" and self.head_rest is None and self.head_full is None:
             raise ExportError("the head is an opaque callable; export needs a model whose head can be cut "
                               "from its graph (pass the nn.Module with target_layer=)")
@@ -107,8 +111,9 @@ class ExplainGraph(nn.Module):
             weight = self.kernel.to(feature.dtype).view(1, 1, k, k).expand(c, 1, k, k)
             pooled = nn.functional.conv2d(feature, weight, padding=k // 2, groups=c) / (h * w)
             if self.cell_affine:  # [B, K, h, w] straight away; softmax over the class channel
-                bias = None if self.cell_bias is None else self.cell_bias.to(feature.dtype)
-                cell_logits = nn.functional.conv2d(pooled, self.cell_weight.to(feature.dtype), bias)
+                weight, bias = self._cell_affine()
+                cell_logits = nn.functional.conv2d(pooled, weight.to(feature.dtype)[:, :, None, None],
+                                                   None if bias is None else bias.to(feature.dtype))
                 return logits, _maps_out(_scores(cell_logits, self.score), self.raw_maps), feature
             pooled = pooled.permute(0, 2, 3, 1).reshape(-1, c)
             if self.gap_keepdim:
@@ -120,6 +125,20 @@ class ExplainGraph(nn.Module):
             cell_logits = extract_logits(self.head_full(mosaic))
         raw = _scores(cell_logits, self.score).reshape(b, h, w, -1).permute(0, 3, 1, 2)
         return logits, _maps_out(raw, self.raw_maps), feature
+
+
+    def _cell_affine(self):
+        """(weight [K, C], bias [K] or None) of the affine head: the model's tensors when named in it."""
+        out = []
+        for name, attr in zip(self.cell_names, ("cell_weight", "cell_bias")):
+            if name is None:
+                out.append(getattr(self, attr, None))
+                continue
+            try:
+                out.append(self.model.get_parameter(name))
+            except AttributeError:
+                out.append(self.model.get_buffer(name))
+        return out
 
 
 def _scores(cell_logits: torch.Tensor, score: str) -> torch.Tensor:
