@@ -20,7 +20,7 @@ from .config import ExplainConfig, normalize_mask_name
 from .data import Preprocess
 from .errors import XaifastError
 from .models.classifier import ClassifierAdapter
-from .models.head_graph import Head, affine_after_gap, extract_logits
+from .models.head_graph import Head, affine_after_gap, extract_logits, tensor_at
 
 OUTPUTS = ("logits", "saliency_map", "feature_map")
 METADATA_KEY = "xaifast"
@@ -126,19 +126,10 @@ class ExplainGraph(nn.Module):
         raw = _scores(cell_logits, self.score).reshape(b, h, w, -1).permute(0, 3, 1, 2)
         return logits, _maps_out(raw, self.raw_maps), feature
 
-
     def _cell_affine(self):
         """(weight [K, C], bias [K] or None) of the affine head: the model's tensors when named in it."""
-        out = []
-        for name, attr in zip(self.cell_names, ("cell_weight", "cell_bias")):
-            if name is None:
-                out.append(getattr(self, attr, None))
-                continue
-            try:
-                out.append(self.model.get_parameter(name))
-            except AttributeError:
-                out.append(self.model.get_buffer(name))
-        return out
+        return [getattr(self, attr, None) if name is None else tensor_at(self.model, name)
+                for name, attr in zip(self.cell_names, ("cell_weight", "cell_bias"))]
 
 
 def _scores(cell_logits: torch.Tensor, score: str) -> torch.Tensor:

@@ -273,9 +273,12 @@ def analyse_head(head: Callable, feature_sample: torch.Tensor) -> Head:
     return Head(full=head)
 
 
-_RESHAPES = {"flatten.using_ints", "view.default", "reshape.default", "_unsafe_view.default", "squeeze.dims",
-             "squeeze.dim", "squeeze.default", "clone.default", "contiguous.default", "dropout.default",
-             "alias.default"}
+_aten = torch.ops.aten
+#: Ops that may stand between the pooled input and the Linear of an affine head (shape-only, or
+#: eval-mode dropout).
+_RESHAPES = {_aten.flatten.using_ints, _aten.view.default, _aten.reshape.default, _aten._unsafe_view.default,
+             _aten.squeeze.dims, _aten.squeeze.dim, _aten.squeeze.default, _aten.clone.default,
+             _aten.contiguous.default, _aten.dropout.default, _aten.alias.default}
 
 
 def affine_after_gap(after_gap: Any) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
@@ -296,14 +299,14 @@ def affine_after_gap(after_gap: Any) -> Optional[Tuple[torch.Tensor, Optional[to
         if node.op == "placeholder":
             placeholders.append(node)
         elif node.op == "get_attr":
-            values[node] = _attr(after_gap, node.target)
+            values[node] = tensor_at(after_gap, node.target)
         elif node.op == "output":
             out = node
         elif node.op == "call_function":
-            name = _aten_name(node.target)
-            if name == "linear.default" and linear is None:
+            if node.target is _aten.linear.default and linear is None:
                 linear = node
-            elif name not in _RESHAPES or (name == "dropout.default" and _arg(node, 2, "train", False)):
+            elif node.target not in _RESHAPES or (node.target is _aten.dropout.default
+                                                  and _arg(node, 2, "train", False)):
                 return None
         else:
             return None
@@ -311,7 +314,7 @@ def affine_after_gap(after_gap: Any) -> Optional[Tuple[torch.Tensor, Optional[to
         return None
     source = linear.args[0]
     while source is not placeholders[0]:  # only reshapes between the pooled input and the Linear
-        if not isinstance(source, fx.Node) or source.op != "call_function" or _aten_name(source.target) not in _RESHAPES:
+        if not isinstance(source, fx.Node) or source.op != "call_function" or source.target not in _RESHAPES:
             return None
         source = source.args[0]
     weight = values.get(linear.args[1])
@@ -321,19 +324,13 @@ def affine_after_gap(after_gap: Any) -> Optional[Tuple[torch.Tensor, Optional[to
     return weight, bias
 
 
-def _aten_name(target) -> str:
-    """'linear.default' for torch.ops.aten.linear.default; '' for anything not an aten overload."""
-    if isinstance(target, torch._ops.OpOverload) and target.namespace == "aten":
-        return target.__name__
-    return ""
-
-
 def _arg(node: fx.Node, index: int, name: str, default):
     return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
 
 
-def _attr(gm: nn.Module, target: str):
-    obj: Any = gm
+def tensor_at(module: nn.Module, target: str) -> Optional[torch.Tensor]:
+    """The parameter, buffer or tensor attribute at a dotted path of `module` (None if there is none)."""
+    obj: Any = module
     for part in target.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
