@@ -3,8 +3,8 @@ benchmarks/RESULTS.md). Run: .venv/bin/python -P benchmarks/chunk_budget.py"""
 import time, torch, sys
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 from models import resnet50_sized, benchmark_input
-from xaifast.models.classifier import ClassifierAdapter
-from xaifast.models import ConvHeadCNN
+from xaifast.adapters.classifier import ClassifierAdapter
+from xaifast.zoo import ConvHeadCNN
 from xaifast.algorithms.recipro_cam import recipro_cam
 m = resnet50_sized(); x = benchmark_input(2)
 ad = ClassifierAdapter(m, target_layer="resnet.encoder.stages.2"); f, _ = ad.forward(x); h = ad.head(f)

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import xaifast  # noqa: E402
 from xaifast.algorithms.recipro_cam import cells_per_chunk, masked_logits, recipro_cam  # noqa: E402
 from xaifast.kernels import build_mosaic, gap_pooled, score_maps  # noqa: E402
-from xaifast.models.classifier import ClassifierAdapter  # noqa: E402
+from xaifast.adapters.classifier import ClassifierAdapter  # noqa: E402
 
 from baselines import (_otx_mosaic, _otx_normalize, float64_head, otx_style_recipro_cam,  # noqa: E402
                        slow_reference)

@@ -35,7 +35,7 @@ import torch
 
 import xaifast
 from xaifast import functional as XF
-from xaifast.models.classifier import ClassifierAdapter
+from xaifast.adapters.classifier import ClassifierAdapter
 
 from baselines import end_to_end, float64_head, otx_style_recipro_cam, reference, slow_reference
 from timing import paired as _paired

@@ -74,7 +74,7 @@ def test_openvino_forward_default_precision(benchmark, run, setup):
 
 def test_ir_explain_f32(benchmark, run, setup):
     model, x, ir, *_ = setup
-    from xaifast.models.openvino_model import OpenVINOAdapter
+    from xaifast.engines.exported import OpenVINOAdapter
 
     adapter = OpenVINOAdapter(ir, precision="f32")
     ir_maps, pt_maps = explain_all(adapter, x), explain_all(model, x)
@@ -86,7 +86,7 @@ def test_ir_explain_f32(benchmark, run, setup):
 
 def test_ir_explain_default_precision(benchmark, run, setup):
     _, x, ir, *_ = setup
-    from xaifast.models.openvino_model import OpenVINOAdapter
+    from xaifast.engines.exported import OpenVINOAdapter
 
     adapter = OpenVINOAdapter(ir, precision="auto")
     run("ir_explain_default", lambda: explain_all(adapter, x))

@@ -55,7 +55,7 @@ if DEVICE == "cuda" and not torch.cuda.is_available():
 
 import xaifast  # noqa: E402
 from xaifast.algorithms.recipro_cam import recipro_cam  # noqa: E402
-from xaifast.models.classifier import ClassifierAdapter  # noqa: E402
+from xaifast.adapters.classifier import ClassifierAdapter  # noqa: E402
 
 from conftest import write_summary  # noqa: E402
 from gpu_baselines import grad_cam, otx_style_recipro_cam  # noqa: E402

@@ -46,7 +46,7 @@ from models import benchmark_input, resnet50_sized
 from timing import paired, quiet
 
 openvino = pytest.importorskip("openvino")
-from xaifast.models import openvino_engine as E  # noqa: E402
+from xaifast.engines import openvino as E  # noqa: E402
 
 GROUP = "openvino_engine_resnet50"
 GROUP_POST = "openvino_engine_resnet50_postprocess_dump"

@@ -31,7 +31,7 @@ import torch
 import xaifast
 from timing import paired as _paired
 from timing import run_measured as _run
-from xaifast.models.vit_adapter import ViTAdapter
+from xaifast.adapters.vit import ViTAdapter
 
 transformers = pytest.importorskip("transformers")
 

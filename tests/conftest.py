@@ -49,6 +49,6 @@ def skimage_data():
 
 @pytest.fixture(scope="session")
 def efficientnet():
-    from xaifast.models.efficientnet import efficientnet_lite0
+    from xaifast.zoo.efficientnet import efficientnet_lite0
 
     return efficientnet_lite0()

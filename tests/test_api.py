@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import xaifast
 from xaifast import ExplainConfig, TargetExplainGroup
 from xaifast.algorithms import resolve_algorithm
-from xaifast.models import SmallCNN
+from xaifast.zoo import SmallCNN
 
 
 @pytest.fixture

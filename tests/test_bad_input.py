@@ -9,7 +9,7 @@ import torch
 import xaifast
 from xaifast import ExplainConfig
 from xaifast.data import read_image
-from xaifast.models import SmallCNN
+from xaifast.zoo import SmallCNN
 
 
 @pytest.fixture

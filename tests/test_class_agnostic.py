@@ -5,7 +5,7 @@ import torch
 
 import xaifast
 from xaifast import functional as XF
-from xaifast.models import SmallCNN
+from xaifast.zoo import SmallCNN
 from reference import activation_map_reference, eigen_cam_reference
 
 

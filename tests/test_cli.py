@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from xaifast.models import SmallCNN
+from xaifast.zoo import SmallCNN
 
 XAIFAST = [sys.executable, "-P", "-m", "xaifast.cli"]
 
@@ -38,7 +38,7 @@ def recipe(tmp_path):
     ckpt = tmp_path / "small.pth"
     torch.save({"state_dict": SmallCNN(num_classes=3).state_dict()}, ckpt)
     path = tmp_path / "recipe.yaml"
-    path.write_text("model:\n  class_path: xaifast.models.builtin.SmallCNN\n  init_args: {num_classes: 3}\n"
+    path.write_text("model:\n  class_path: xaifast.zoo.builtin.SmallCNN\n  init_args: {num_classes: 3}\n"
                     "input_size: [32, 32]\nlabels: [circle, square, triangle]\n")
     return path, ckpt
 

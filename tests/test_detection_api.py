@@ -6,7 +6,7 @@ import torch
 
 import xaifast
 from xaifast import DetectorSpec, ExplainConfig, InstanceSegmentationSpec
-from xaifast.models.detection_adapter import DetectionModelError, Detections
+from xaifast.adapters.detection import DetectionModelError, Detections
 
 from detection_models import EmptyDetector, ToyDetector, ToyInstanceSegmenter, interpolate_reference_levels
 from reference import det_class_map_reference as _det_reference
@@ -128,7 +128,7 @@ def test_spec_errors_name_the_problem():
     with pytest.raises(DetectionModelError, match="list of one dict per image"):
         list(xaifast.explain(model, x, spec=bad_output))
     with pytest.raises(DetectionModelError, match="describe the detector"):
-        xaifast.models.detection_adapter.DetectionAdapter(model)
+        xaifast.adapters.detection.DetectionAdapter(model)
 
 
 def test_model_with_its_own_spec_and_several_head_modules():

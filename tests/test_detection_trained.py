@@ -11,7 +11,7 @@ import torch
 import xaifast
 from xaifast.recipe import load_recipe
 
-shapes = pytest.importorskip("xaifast.models.shapes")
+shapes = pytest.importorskip("xaifast.zoo.shapes")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def _in_box(box, peak):
 
 def test_shuffled_weights_do_not_peak_on_shapes(held_out):
     """The test above can fail: an untrained detector's maps do not find the shapes."""
-    from xaifast.models.detector import ShapesDetector
+    from xaifast.zoo.detector import ShapesDetector
 
     torch.manual_seed(0)
     model = ShapesDetector(pretrained=False).eval()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import xaifast
-from xaifast.models import ConvHeadCNN, SmallCNN
-from xaifast.models.openvino_model import ExportedModelError
+from xaifast.zoo import ConvHeadCNN, SmallCNN
+from xaifast.engines.exported import ExportedModelError
 
 ov = pytest.importorskip("openvino")
 
@@ -65,8 +65,8 @@ class MLPHeadCNN(torch.nn.Module):
 def test_affine_head_detection():
     from torch import nn
 
-    from xaifast.models.classifier import ClassifierAdapter
-    from xaifast.models.head_graph import affine_after_gap
+    from xaifast.adapters.classifier import ClassifierAdapter
+    from xaifast.adapters.head_graph import affine_after_gap
 
     lin = nn.Linear(8, 3)
     assert affine_after_gap(lin)[0] is lin.weight
@@ -89,7 +89,7 @@ def test_affine_head_detection():
 def test_affine_cell_logits_equal_the_general_head(mask):
     """The 1x1-convolution cell logits of an affine head = the head applied to every pooled cell."""
     from xaifast.exporter import ExplainGraph
-    from xaifast.models.classifier import ClassifierAdapter
+    from xaifast.adapters.classifier import ClassifierAdapter
 
     torch.manual_seed(0)
     model = SmallCNN(num_classes=7).double().eval()
@@ -110,7 +110,7 @@ def test_affine_cell_logits_equal_the_general_head(mask):
     # a Linear that is not one of the model's own modules (a copy): held by the graph itself
     from copy import deepcopy
 
-    from xaifast.models.head_graph import Head
+    from xaifast.adapters.head_graph import Head
 
     head = adapter.head(feature)
     other = ExplainGraph(model, adapter.target.name, adapter.target.call_index,
@@ -159,7 +159,7 @@ def test_export_without_explain_and_its_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_efficientnet_ir_parity(tmp_path, efficientnet, skimage_data):
-    from xaifast.models.efficientnet import EFFICIENTNET_LITE_PREPROCESS, imagenet_labels
+    from xaifast.zoo.efficientnet import EFFICIENTNET_LITE_PREPROCESS, imagenet_labels
 
     path = xaifast.export(efficientnet, tmp_path / "eff.xml", preprocess=EFFICIENTNET_LITE_PREPROCESS,
                           labels=imagenet_labels())
@@ -232,7 +232,7 @@ def _hf_vit():
 
 
 def _small_vit():
-    from xaifast.models.vit import small_vit
+    from xaifast.zoo.vit import small_vit
 
     return small_vit(num_classes=5, img_size=(64, 48))
 

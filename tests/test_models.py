@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import xaifast
-from xaifast.models import ConvHeadCNN, SmallCNN
-from xaifast.models.classifier import ClassifierAdapter
+from xaifast.zoo import ConvHeadCNN, SmallCNN
+from xaifast.adapters.classifier import ClassifierAdapter
 from reference import assert_maps_close, assert_u8_within_one, normalize_reference, recipro_cam_reference
 
 
@@ -119,7 +119,7 @@ def test_explicit_head_module_gets_the_gap_shortcut():
 
 @pytest.mark.slow
 def test_efficientnet_lite0_matches_reference(efficientnet):
-    from xaifast.models.efficientnet import EFFICIENTNET_LITE_PREPROCESS
+    from xaifast.zoo.efficientnet import EFFICIENTNET_LITE_PREPROCESS
 
     x = torch.randn(2, 3, 224, 224)
     m64 = copy.deepcopy(efficientnet).double()
@@ -133,7 +133,7 @@ def test_efficientnet_lite0_matches_reference(efficientnet):
 
 @pytest.mark.slow
 def test_efficientnet_espresso_map_peaks_on_the_cup(efficientnet, skimage_data):
-    from xaifast.models.efficientnet import EFFICIENTNET_LITE_PREPROCESS, imagenet_labels
+    from xaifast.zoo.efficientnet import EFFICIENTNET_LITE_PREPROCESS, imagenet_labels
 
     path = os.path.join(skimage_data, "coffee.png")
     cfg = xaifast.ExplainConfig(target_explain_group="PREDICTIONS", postprocess=True)

@@ -15,12 +15,12 @@ from torch import nn
 
 import xaifast
 from xaifast.functional import normalize
-from xaifast.models import ConvHeadCNN, SmallCNN
-from xaifast.models.classifier import ClassifierAdapter
+from xaifast.zoo import ConvHeadCNN, SmallCNN
+from xaifast.adapters.classifier import ClassifierAdapter
 
 ov = pytest.importorskip("openvino")
-from xaifast.models import openvino_engine as E  # noqa: E402
-from xaifast.models.openvino_engine import EngineError, OpenVINOEngine  # noqa: E402
+from xaifast.engines import openvino as E  # noqa: E402
+from xaifast.engines.openvino import EngineError, OpenVINOEngine  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +165,8 @@ def test_disk_cache_fresh_process_corruption_and_unwritable_folder(tmp_path, mon
     # a fresh process finds the converted model on disk: no torch.export, no conversion
     script = textwrap.dedent(f"""
         import json, torch, xaifast
-        from xaifast.models import SmallCNN
-        from xaifast.models import openvino_engine as E
+        from xaifast.zoo import SmallCNN
+        from xaifast.engines import openvino as E
         model = SmallCNN(num_classes=4)
         model.load_state_dict(torch.load({str(weights)!r}))
         maps = xaifast.saliency_maps(model.eval(), torch.load({str(data)!r}), engine="openvino")
@@ -215,7 +215,7 @@ def test_auto_engine_choice(monkeypatch):
     feature = lambda t: model.features(t)  # noqa: E731
     head = lambda f: model.classifier(model.pool(f).flatten(1))  # noqa: E731
     assert isinstance(xaifast.explain(None, many, backbone=feature, head=head).adapter, ClassifierAdapter)
-    from xaifast.models.vit import small_vit
+    from xaifast.zoo.vit import small_vit
 
     vit = small_vit(num_classes=3, img_size=32, patch_size=8, depth=2)
     assert not isinstance(xaifast.explain(vit, torch.randn(40, 3, 32, 32)).adapter, OpenVINOEngine)
@@ -314,7 +314,7 @@ def test_prefetch_reports_reader_errors_in_order():
         yield [2]
         raise RuntimeError("reader failed")
 
-    from xaifast.models.openvino_engine import _prefetch
+    from xaifast.engines.openvino import _prefetch
     from xaifast.data import Sample
 
     def samples():
@@ -333,7 +333,7 @@ def test_cli_engine_openvino(tmp_path, image_folder):
     ckpt = tmp_path / "small.pth"
     torch.save({"state_dict": SmallCNN(num_classes=3).state_dict()}, ckpt)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("model:\n  class_path: xaifast.models.builtin.SmallCNN\n  init_args: {num_classes: 3}\n"
+    recipe.write_text("model:\n  class_path: xaifast.zoo.builtin.SmallCNN\n  init_args: {num_classes: 3}\n"
                       "input_size: [32, 32]\nlabels: [a, b, c]\n")
     cli = [sys.executable, "-P", "-m", "xaifast.cli", "explain", "--config", str(recipe), "--data_root",
            str(image_folder), "--work_dir", str(tmp_path / "ws"), "--progress", "False"]
@@ -349,7 +349,7 @@ def test_cli_engine_openvino(tmp_path, image_folder):
 
 
 def test_vit_with_explicit_openvino_engine():
-    from xaifast.models.vit import small_vit
+    from xaifast.zoo.vit import small_vit
 
     vit = small_vit(num_classes=4, img_size=(32, 48), patch_size=8, depth=2)
     x = torch.randn(3, 3, 32, 48)

@@ -9,7 +9,7 @@ from torch import nn
 import xaifast
 from xaifast import functional as XF
 from xaifast.algorithms.recipro_cam import cells_per_chunk
-from xaifast.models.head_graph import analyse_head
+from xaifast.adapters.head_graph import analyse_head
 from reference import assert_maps_close, assert_u8_within_one, normalize_reference, recipro_cam_reference
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from xaifast.errors import XaifastError
-from xaifast.models.detector import (SHAPES_PREPROCESS, ShapesDetector, _load_weights, box_iou, decode_boxes,
+from xaifast.zoo.detector import (SHAPES_PREPROCESS, ShapesDetector, _load_weights, box_iou, decode_boxes,
                                      encode_boxes, make_anchors, nms)
-from xaifast.models.instance_segmenter import ShapesInstanceSegmenter
-from xaifast.models.shapes import SHAPE_CLASSES, ShapesDataset, make_sample, write_shapes_images
+from xaifast.zoo.instance_segmenter import ShapesInstanceSegmenter
+from xaifast.zoo.shapes import SHAPE_CLASSES, ShapesDataset, make_sample, write_shapes_images
 
 HELD_OUT_SEED = 987  # not a training seed
 

@@ -9,9 +9,9 @@ from xaifast import ExplainConfig
 from xaifast import functional as XF
 from xaifast.algorithms import resolve_algorithm
 from xaifast.config import TargetExplainGroup
-from xaifast.models import SmallCNN
-from xaifast.models.vit import small_vit
-from xaifast.models.vit_adapter import ViTAdapter, is_transformer
+from xaifast.zoo import SmallCNN
+from xaifast.zoo.vit import small_vit
+from xaifast.adapters.vit import ViTAdapter, is_transformer
 
 from test_vit_models import TimmStyleViT
 

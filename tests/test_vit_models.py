@@ -17,8 +17,8 @@ from torch import nn
 import xaifast
 from reference import assert_maps_close, assert_u8_within_one, mask_at, normalize_reference, score
 from xaifast.algorithms.vit_recipro_cam import vit_masked_logits
-from xaifast.models.vit import small_vit
-from xaifast.models.vit_adapter import ViTAdapter
+from xaifast.zoo.vit import small_vit
+from xaifast.adapters.vit import ViTAdapter
 
 transformers = pytest.importorskip("transformers")
 
@@ -214,7 +214,7 @@ def reference_logits(t, grid, aux, rest, mask, cls_token):
                     tp = t[b:b + 1].clone()
                     tp[:, :aux] *= 1.0 if cls_token else 0.0
                     tp[:, aux:] *= m[:, None]
-                    rows.append(xaifast.models.head_graph.extract_logits(rest(tp))[0])
+                    rows.append(xaifast.adapters.head_graph.extract_logits(rest(tp))[0])
     return torch.stack(rows)
 
 
@@ -238,7 +238,7 @@ def test_fast_and_naive_equal_float64_loop_reference(name, k):
     assert feature.grid == grid and feature.num_aux == aux
     assert torch.equal(feature.tokens, t)  # T is the target block's LN1 output
     with torch.no_grad():
-        assert rel_err(logits, xaifast.models.head_graph.extract_logits(model(x))) == 0
+        assert rel_err(logits, xaifast.adapters.head_graph.extract_logits(model(x))) == 0
     vit_rest = adapter.rest()
     assert vit_rest.fast_ok == fast_expected, vit_rest.fast_reason
     for mask in ("gaussian", "1x1"):

@@ -11,7 +11,7 @@ from .data import Preprocess, read_image
 from .errors import (ClassIndexError, DataError, ImageReadError, ModelSplitError, TargetLayerError,
                      XaifastError)
 from .explanation import Explanation
-from .models.detection_adapter import DetectorSpec, InstanceSegmentationSpec
+from .adapters.detection import DetectorSpec, InstanceSegmentationSpec
 from .pipeline import ExplainRun, explain, saliency_maps
 from .exporter import export
 from .postprocess import postprocess

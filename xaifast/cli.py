@@ -102,7 +102,7 @@ def _explain(a) -> int:
     from .config import ExplainConfig
     from .demo import demo_photos
     from .job import run_explain_job
-    from .models.openvino_model import is_exported_model
+    from .engines.exported import is_exported_model
     from .recipe import load_recipe
 
     exported = a.checkpoint is not None and is_exported_model(a.checkpoint)

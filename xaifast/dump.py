@@ -104,7 +104,7 @@ class RunWriter:
         """Overlays for low-resolution maps (postprocess=False): the map as it would be shown."""
         from .postprocess import postprocess
 
-        from .detection_run import draw_on_overlays
+        from .engines.detection_run import draw_on_overlays
 
         keys = list(ex.saliency_map)
         _, over = postprocess(np.stack([ex.saliency_map[k] for k in keys]), ex.image, self.alpha)

@@ -19,8 +19,8 @@ from torch import nn
 from .config import ExplainConfig, normalize_mask_name
 from .data import Preprocess
 from .errors import XaifastError
-from .models.classifier import ClassifierAdapter
-from .models.head_graph import Head, affine_after_gap, extract_logits, tensor_at
+from .adapters.classifier import ClassifierAdapter
+from .adapters.head_graph import Head, affine_after_gap, extract_logits, tensor_at
 
 OUTPUTS = ("logits", "saliency_map", "feature_map")
 METADATA_KEY = "xaifast"
@@ -203,7 +203,7 @@ def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, co
         raise ExportError(f"export path {path} must end with .xml (OpenVINO IR) or .onnx")
     if not isinstance(model, nn.Module):
         raise ExportError(f"export takes a torch.nn.Module, got {type(model).__name__}")
-    from .models.vit_adapter import ViTAdapter, is_transformer
+    from .adapters.vit import ViTAdapter, is_transformer
 
     config = config or ExplainConfig()
     preprocess = preprocess or Preprocess()

@@ -45,7 +45,7 @@ def vit_recipro_cam(tokens, rest: Callable, grid=None, mask: str = "gaussian", s
     """ViT Recipro-CAM raw maps [B, K, H, W] float32.
 
     tokens: the target block's LN1 output [B, A + H*W, D] (A auxiliary tokens, then row-major
-    patches), or the `TokenFeature` that `xaifast.models.vit_adapter.ViTAdapter.forward` returns
+    patches), or the `TokenFeature` that `xaifast.adapters.vit.ViTAdapter.forward` returns
     (grid and A included). rest: a `ViTRest` (`ViTAdapter(model, target_block=k).rest()`: exact
     fast path available) or any callable T_p [n, A + H*W, D] -> logits [n, K] (general path).
     grid: (H, W) for plain tokens; num_aux: A (default: N - H*W). mask: "gaussian" (default, as

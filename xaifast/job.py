@@ -38,7 +38,7 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
     explain_options: more keyword arguments of `xaifast.explain` (e.g. spec=, score_threshold=).
     out: where the per-image lines and the summary go (default: sys.stdout at call time)."""
     out = out if out is not None else sys.stdout
-    from .models.openvino_model import OpenVINOAdapter, is_exported_model
+    from .engines.exported import OpenVINOAdapter, is_exported_model
 
     if is_exported_model(model):
         model = OpenVINOAdapter(model, precision=precision, preprocess=preprocess, labels=labels)

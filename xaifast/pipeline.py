@@ -20,11 +20,11 @@ from .data import Preprocess, Sample, iter_samples
 from .errors import ClassIndexError, DataError, XaifastError
 from .explanation import Explanation
 from .functional import normalize
-from .models.classifier import ClassifierAdapter
-from .models.detection_adapter import DetectionAdapter, is_detection_model
-from .models.openvino_engine import OpenVINOEngine, select_engine
-from .models.openvino_model import OpenVINOAdapter, is_exported_model
-from .models.vit_adapter import TokenFeature, ViTAdapter, is_transformer
+from .adapters.classifier import ClassifierAdapter
+from .adapters.detection import DetectionAdapter, is_detection_model
+from .engines.openvino import OpenVINOEngine, select_engine
+from .engines.exported import OpenVINOAdapter, is_exported_model
+from .adapters.vit import TokenFeature, ViTAdapter, is_transformer
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -140,7 +140,7 @@ class ExplainRun:
         self.vit_options = dict(vit_options or {})
         self.detection_options = dict(detection_options or {})
         if isinstance(adapter, DetectionAdapter):
-            from .detection_run import check_detection_options
+            from .engines.detection_run import check_detection_options
 
             check_detection_options(adapter, config.score)
         self._samples = iter_samples(data, adapter.preprocess)  # validates data now: errors come early
@@ -184,7 +184,7 @@ class ExplainRun:
     def _explain_batch(self, batch: List[Sample], computed=None) -> Iterator[Explanation]:
         cfg = self.config
         if isinstance(self.adapter, DetectionAdapter):
-            from .detection_run import explain_detection_batch
+            from .engines.detection_run import explain_detection_batch
 
             yield from explain_detection_batch(self, batch)
             return
@@ -307,7 +307,7 @@ def saliency_maps(model, images, algorithm: str = "auto", *, target_layer: Optio
     for batch in _batches(run._samples, batch_size, run.failures):
         x = torch.stack([s.tensor for s in batch])
         if isinstance(run.adapter, DetectionAdapter):
-            from .detection_run import detection_saliency
+            from .engines.detection_run import detection_saliency
 
             raws.append(detection_saliency(run, run.adapter.forward(x), x.shape[2:]).raw)
             continue

@@ -64,7 +64,7 @@ class Recipe:
         target = self.model.get("class_path")
         if not isinstance(target, str) or "." not in target:
             raise RecipeError(f"recipe {self.source}: model.class_path must name a class or function, "
-                              f"e.g. xaifast.models.builtin.SmallCNN (got {target!r})")
+                              f"e.g. xaifast.zoo.builtin.SmallCNN (got {target!r})")
         module_name, _, attr = target.rpartition(".")
         try:
             factory = getattr(importlib.import_module(module_name), attr)
@@ -111,7 +111,7 @@ def _labels(value, base: Optional[Path]) -> Optional[List[str]]:
     if value is None:
         return None
     if value == "imagenet":
-        from .models.efficientnet import imagenet_labels
+        from .zoo.efficientnet import imagenet_labels
 
         return imagenet_labels()
     if isinstance(value, str):

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 
-from ..models.head_graph import Head, analyse_head
+from ..adapters.head_graph import Head, analyse_head
 from .base import SaliencyResult, check_feature
 
 # A head's activations are a few times its input; the budget covers both.

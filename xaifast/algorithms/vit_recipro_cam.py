@@ -33,7 +33,7 @@ import torch
 
 from ..config import normalize_mask_name
 from ..errors import ModelSplitError, XaifastError
-from ..models.vit_adapter import TokenFeature, ViTRest, check_token_count
+from ..adapters.vit import TokenFeature, ViTRest, check_token_count
 from .base import DEFAULT_MEMORY_BUDGET_MB, SaliencyResult
 
 #: Floats of activation per token and model width in a block (input, q/k/v, attention output,
@@ -158,7 +158,7 @@ class _FastPlan:
 
 
 def _extract(out):
-    from ..models.head_graph import extract_logits
+    from ..adapters.head_graph import extract_logits
 
     return extract_logits(out)
 

@@ -14,7 +14,7 @@ and the `neck` output [P3, P4, P5]; `xaifast_spec()` says so.
 
 Input: RGB, x = (pixel - 127.5) / 127.5 (SHAPES_PREPROCESS), 128 x 128 for the shipped weights;
 any height and width divisible by 32 work.
-Trained on the synthetic shapes of `xaifast.models.shapes` by `xaifast.models.train_shapes`.
+Trained on the synthetic shapes of `xaifast.zoo.shapes` by `xaifast.zoo.train_shapes`.
 """
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ def _load_weights(model: nn.Module, asset: str) -> None:
     ref = resources.files("xaifast").joinpath("assets", asset)
     if not ref.is_file():
         raise XaifastError(f"the pretrained weights xaifast/assets/{asset} are missing from this installation; "
-                           f"train them with `python -m xaifast.models.train_shapes` or use pretrained=False")
+                           f"train them with `python -m xaifast.zoo.train_shapes` or use pretrained=False")
     with resources.as_file(ref) as path:
         state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}  # stored as float16

@@ -1,6 +1,6 @@
 """Train the built-in ShapesDetector / ShapesInstanceSegmenter on synthetic shapes (CPU, minutes).
 
-Data: a pool of synthetic images (`xaifast.models.shapes.make_sample`, seeded) of which a few are
+Data: a pool of synthetic images (`xaifast.zoo.shapes.make_sample`, seeded) of which a few are
 replaced by fresh ones every step; batches are drawn from the pool with random flips / transposes.
 Detector: ATSS assignment (top-9 anchors by centre distance per level, IoU >= mean + std of the
 candidates, anchor centre inside the box), sigmoid focal loss (alpha 0.25, gamma 2) for classes and
@@ -15,9 +15,9 @@ as stored.
 
 Shipped weights (2-core CPU shared with other jobs, torch 2.13):
 
-    python -m xaifast.models.train_shapes --task detection --out xaifast/assets/shapes_detector.pt \\
+    python -m xaifast.zoo.train_shapes --task detection --out xaifast/assets/shapes_detector.pt \\
         --steps 3000 --seed 0
-    python -m xaifast.models.train_shapes --task instance_segmentation --init xaifast/assets/shapes_detector.pt \\
+    python -m xaifast.zoo.train_shapes --task instance_segmentation --init xaifast/assets/shapes_detector.pt \\
         --lr 1e-3 --out xaifast/assets/shapes_instseg.pt --steps 1500 --seed 1
 
 - shapes_detector.pt (756,645 parameters, 1.5 MB): 3000 steps (lr 2e-3). Wall clock 863 s while

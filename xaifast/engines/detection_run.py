@@ -15,14 +15,14 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
-from .algorithms import explain_activation_map, explain_det_class_probability_map, explain_eigen_cam, explain_instseg
-from .algorithms.base import SaliencyResult
-from .config import TargetExplainGroup
-from .draw import draw_predictions
-from .errors import XaifastError
-from .explanation import Explanation
-from .functional import normalize
-from .models.detection_adapter import DetectionAdapter, DetectionForward, Detections
+from ..algorithms import explain_activation_map, explain_det_class_probability_map, explain_eigen_cam, explain_instseg
+from ..algorithms.base import SaliencyResult
+from ..config import TargetExplainGroup
+from ..draw import draw_predictions
+from ..errors import XaifastError
+from ..explanation import Explanation
+from ..functional import normalize
+from ..adapters.detection import DetectionAdapter, DetectionForward, Detections
 
 
 def check_detection_options(adapter: DetectionAdapter, score: str) -> None:
@@ -60,7 +60,7 @@ def draw_on_overlays(overlays: Dict, detections: Optional[Detections], labels) -
 
 
 def explain_detection_batch(run, batch) -> Iterator[Explanation]:
-    from .pipeline import attach_maps, resolve_classes
+    from ..pipeline import attach_maps, resolve_classes
 
     cfg = run.config
     adapter: DetectionAdapter = run.adapter

@@ -47,8 +47,8 @@ from torch import nn
 
 from ..algorithms.base import SaliencyResult
 from ..errors import XaifastError
-from .base import ModelAdapter
-from .openvino_model import PRECISIONS
+from ..adapters.base import ModelAdapter
+from .exported import PRECISIONS
 
 ENGINES = ("auto", "openvino", "pytorch")
 ENGINE_ENV = "XAIFAST_ENGINE"
@@ -163,7 +163,7 @@ def select_engine(adapter, engine: Optional[str], precision: Optional[str], conf
     $XAIFAST_ENGINE=openvino (the default, not the argument) prefers OpenVINO wherever it can run
     (transformers and small inputs included) and falls back to PyTorch elsewhere, without errors.
     """
-    from .openvino_model import OpenVINOAdapter
+    from .exported import OpenVINOAdapter
 
     name = engine_name(engine)
     explicit = name == "openvino" and engine is not None  # the argument, not $XAIFAST_ENGINE
@@ -418,7 +418,7 @@ class OpenVINOEngine(ModelAdapter):
 
     def _convert_quietly(self, x: np.ndarray, run):
         from ..exporter import ExplainGraph, ViTExplainGraph, to_openvino
-        from .head_graph import Head
+        from ..adapters.head_graph import Head
 
         graph_algorithm, keep, names = _graph_algorithm(run.algorithm)
         inner = self.inner

@@ -17,7 +17,7 @@ import torch
 from ..algorithms.base import SaliencyResult
 from ..data import Preprocess
 from ..errors import XaifastError
-from .base import ModelAdapter
+from ..adapters.base import ModelAdapter
 
 PRECISIONS = ("f32", "bf16", "f16", "auto")
 EXPORTED_SUFFIXES = (".xml", ".onnx")
