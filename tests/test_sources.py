@@ -1,4 +1,4 @@
-"""Sources: folder walk, file lists, COCO, single files."""
+"""Sources (folder walk, file lists, COCO, single files) and decode (header sizes, pixel limit, reasons)."""
 import json
 import os
 import threading
@@ -9,7 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from xaifast.errors import DataError
+from xaifast.data import IMAGE_EXTENSIONS, read_image
+from xaifast.errors import DataError, ImageReadError
+from xaifast.stages import decode
+from xaifast.stages.decode import DEFAULT_MAX_PIXELS, ImageTooLargeError, image_size, read_image_checked
 from xaifast.stages.sources import SourceItem, is_path_input, list_sources
 
 
@@ -260,3 +263,157 @@ def test_errors_name_the_problem_and_the_fix(tmp_path):
     for bad in (42, {"a": 1}, None):
         with pytest.raises(DataError, match="a folder of images"):
             list_sources(bad)
+
+
+# ----------------------------------------------------------------------------------- header sizes
+
+def _formats(tmp_path):
+    """(file, cv2 params) for every header parser, non-square odd sizes to catch w/h swaps."""
+    rng = np.random.default_rng(0)
+    color, gray = rng.integers(0, 255, (23, 37, 3), np.uint8), rng.integers(0, 255, (41, 19), np.uint8)
+    rgba = rng.integers(0, 255, (17, 29, 4), np.uint8)
+    cases = [("c.png", color, []), ("g16.png", (gray.astype(np.uint16) * 257), []), ("a.png", rgba, []),
+             ("c.jpg", color, []), ("g.jpeg", gray, []), ("p.jpg", color, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+             ("c.bmp", color, []), ("g.bmp", gray, []), ("a.bmp", rgba, []),
+             ("lossy.webp", color, [cv2.IMWRITE_WEBP_QUALITY, 80]),
+             ("lossless.webp", color, [cv2.IMWRITE_WEBP_QUALITY, 101]),
+             ("alpha.webp", rgba, [cv2.IMWRITE_WEBP_QUALITY, 80]),
+             ("c.tif", color, []), ("g.tiff", gray, []), ("c.ppm", color, []), ("g.pgm", gray, []),
+             ("b.pbm", gray, []), ("png_named.jpg", None, [])]
+    files = []
+    for name, array, params in cases:
+        path = tmp_path / name
+        if array is None:  # a PNG with a misleading extension: sizes come from the magic bytes
+            path.write_bytes((tmp_path / "c.png").read_bytes())
+        else:
+            assert cv2.imwrite(str(path), array, params), name
+        files.append(path)
+    return files
+
+
+def test_image_size_matches_decoded_shape(tmp_path):
+    files = _formats(tmp_path)
+    webp_chunks = set()
+    for path in files:
+        decoded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert image_size(path) == (decoded.shape[1], decoded.shape[0]), path.name
+        if path.suffix == ".webp":
+            webp_chunks.add(path.read_bytes()[12:16])
+    assert webp_chunks == {b"VP8 ", b"VP8L", b"VP8X"}
+
+
+def test_image_size_agrees_with_pillow(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    files = _formats(tmp_path)
+    Image.new("RGB", (31, 13)).save(tmp_path / "x.gif")
+    Image.new("RGB", (33, 11)).save(tmp_path / "big.tif", big_tiff=True)
+    Image.new("RGB", (35, 9)).save(tmp_path / "meta.webp", exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x00\x00")
+    Image.new("L", (5, 70000)).save(tmp_path / "tall.png")
+    for path in files + [tmp_path / n for n in ("x.gif", "big.tif", "meta.webp", "tall.png")]:
+        with Image.open(path) as im:
+            assert image_size(path) == im.size, path.name
+    assert (tmp_path / "big.tif").read_bytes()[2:4] == b"+\x00"  # BigTIFF
+
+
+def test_image_size_unknown_or_broken_is_none(tmp_path):
+    png = _img(tmp_path / "ok.png")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(png.read_bytes()[:12])
+    jpg = _img(tmp_path / "ok.jpg")
+    cut_jpg = tmp_path / "cut.jpg"
+    cut_jpg.write_bytes(jpg.read_bytes()[:40])
+    text = tmp_path / "text.jpg"
+    text.write_text("hello, not an image")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    for path in (cut, cut_jpg, text, empty, tmp_path / "missing.png", tmp_path):
+        assert image_size(path) is None, path.name
+
+
+# ------------------------------------------------------------------------------------------- decode
+
+@pytest.fixture(scope="module")
+def huge_png(tmp_path_factory):
+    """12000 x 9000 zeros: 108 megapixels in ~120 kB."""
+    path = tmp_path_factory.mktemp("huge") / "huge.png"
+    assert cv2.imwrite(str(path), np.zeros((9000, 12000), np.uint8))
+    return path
+
+
+def test_too_large_is_refused_before_decoding(huge_png, monkeypatch):
+    assert image_size(huge_png) == (12000, 9000)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("cv2.imdecode called on an image over the limit")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)
+    with pytest.raises(ImageTooLargeError) as info:
+        read_image_checked(huge_png)
+    assert str(info.value) == ("12000 x 9000 = 108.0 megapixels, over the limit of 100 megapixels; "
+                               "raise it with --max_image_pixels / max_image_pixels=")
+    assert isinstance(info.value, ImageReadError) and DEFAULT_MAX_PIXELS == 100_000_000
+    with pytest.raises(ImageTooLargeError, match="108.0 megapixels, over the limit of 107.5 megapixels"):
+        read_image_checked(huge_png, max_pixels=107_500_000)
+    with pytest.raises(ImageTooLargeError, match="108.0 megapixels, over the limit of 107.999999 megapixels"):
+        read_image_checked(huge_png, max_pixels=107_999_999)
+    # too close for megapixels rounded to 0.1 to show the difference: in pixels
+    assert decode.too_large_reason(10001, 10000, DEFAULT_MAX_PIXELS).startswith(
+        "10001 x 10000 = 100010000 pixels, over the limit of 100000000 pixels; raise it with")
+
+
+def test_too_large_decodes_without_limit(huge_png):
+    image = read_image_checked(huge_png, max_pixels=None)
+    assert image.shape == (9000, 12000, 3) and image.dtype == np.uint8 and not image.any()
+
+
+def test_limit_raised_and_checked_after_decoding_when_header_unknown(tmp_path, monkeypatch):
+    path = _img(tmp_path / "small.png", shape=(40, 50, 3), value=7)
+    with pytest.raises(ImageTooLargeError, match=r"^50 x 40 = 2000 pixels, over the limit of 1000 pixels; raise"):
+        read_image_checked(path, max_pixels=1000)
+    assert read_image_checked(path, max_pixels=2000).shape == (40, 50, 3)
+    assert read_image_checked(path, max_pixels=float("inf")).shape == (40, 50, 3)
+    monkeypatch.setattr(decode, "image_size", lambda p: None)  # a format whose header is not parsed
+    with pytest.raises(ImageTooLargeError, match="^50 x 40 "):
+        read_image_checked(path, max_pixels=1000)
+    for bad in (0, -5, "many", True):
+        with pytest.raises(DataError, match="max_image_pixels must be a positive number"):
+            read_image_checked(path, max_pixels=bad)
+
+
+def test_decoding_matches_read_image(tmp_path):
+    rng = np.random.default_rng(1)
+    paths = [_img(tmp_path / "rgba.png", shape=(9, 11, 4)),
+             tmp_path / "g16.png", tmp_path / "c.jpg"]
+    cv2.imwrite(str(paths[1]), rng.integers(0, 65535, (5, 7), np.uint16))
+    cv2.imwrite(str(paths[2]), rng.integers(0, 255, (13, 9, 3), np.uint8))
+    for path in paths:
+        np.testing.assert_array_equal(read_image_checked(path), read_image(path))
+
+
+def test_unreadable_files_give_reasons_without_the_path(tmp_path):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 10)
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(np.random.default_rng(2).integers(0, 255, 500, np.uint8).tobytes())
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(_img(tmp_path / "full.png", shape=(64, 64, 3), value=9).read_bytes()[:60])
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    cases = {corrupt: "not a readable image (corrupt, truncated or unsupported format)",
+             garbage: "not a readable image (corrupt, truncated or unsupported format)",
+             truncated: "not a readable image (corrupt, truncated or unsupported format)",
+             empty: "empty file (0 bytes)",
+             tmp_path / "missing.jpg": "no such file",
+             tmp_path: "is a folder, not an image file"}
+    for path, reason in cases.items():
+        with pytest.raises(ImageReadError) as info:
+            read_image_checked(path)
+        assert str(info.value) == reason and str(path) not in str(info.value) and path.name not in str(info.value)
+        assert not isinstance(info.value, ImageTooLargeError)
+
+
+def test_every_listed_extension_is_sized(tmp_path):
+    """A folder's images all have header sizes, so the pixel limit applies before decoding."""
+    for ext in IMAGE_EXTENSIONS:
+        path = _img(tmp_path / f"x{ext}", shape=(3, 5, 3) if ext not in (".pgm", ".pbm") else (3, 5))
+        assert image_size(path) == (5, 3), ext
