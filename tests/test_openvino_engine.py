@@ -16,11 +16,11 @@ from torch import nn
 import xaifast
 from xaifast.functional import normalize
 from xaifast.zoo import ConvHeadCNN, SmallCNN
-from xaifast.adapters.classifier import ClassifierAdapter
 
 ov = pytest.importorskip("openvino")
 from xaifast.engines import openvino as E  # noqa: E402
 from xaifast.engines.openvino import EngineError, OpenVINOEngine  # noqa: E402
+from xaifast.engines.pytorch import PyTorchEngine  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_f32_maps_equal_pytorch_engine_with_dynamic_batch(name):
         x = torch.randn(n, 3, *size)
         ov_run = xaifast.explain(model, x, xaifast.ExplainConfig(), engine="openvino", batch_size=batch_size,
                                  target_layer=target)
-        assert isinstance(ov_run.adapter, OpenVINOEngine)
+        assert isinstance(ov_run.engine, OpenVINOEngine)
         got, ref = list(ov_run), explain_all(model, x, "pytorch", batch_size, target_layer=target)
         assert [e.source for e in got] == [e.source for e in ref] == list(range(n))
         for a, b in zip(got, ref):
@@ -202,30 +202,30 @@ def test_auto_engine_choice(monkeypatch):
     model = SmallCNN(num_classes=3).eval()
     many, few = torch.randn(E.AUTO_MIN_IMAGES, 3, 16, 16), torch.randn(2, 3, 16, 16)
     run = xaifast.explain(model, many)
-    assert isinstance(run.adapter, OpenVINOEngine)  # default on CPU: the OpenVINO engine
+    assert isinstance(run.engine, OpenVINOEngine)  # default on CPU: the OpenVINO engine
     before = conversions()
-    assert len(list(run)) == E.AUTO_MIN_IMAGES and run.adapter.engine == "openvino"
+    assert len(list(run)) == E.AUTO_MIN_IMAGES and run.engine.engine == "openvino"
     assert conversions() == before + 1
     fresh = SmallCNN(num_classes=3).eval()  # a few images of a model never converted: PyTorch, no conversion
     small = xaifast.explain(fresh, few)
-    assert len(list(small)) == 2 and small.adapter.engine == "pytorch" and conversions() == before + 1
+    assert len(list(small)) == 2 and small.engine.engine == "pytorch" and conversions() == before + 1
     cached = xaifast.explain(model, few)  # ... of a model converted already: OpenVINO
-    assert len(list(cached)) == 2 and cached.adapter.engine == "openvino" and conversions() == before + 1
+    assert len(list(cached)) == 2 and cached.engine.engine == "openvino" and conversions() == before + 1
     # PyTorch where the OpenVINO engine does not give the same maps or is not faster
     feature = lambda t: model.features(t)  # noqa: E731
     head = lambda f: model.classifier(model.pool(f).flatten(1))  # noqa: E731
-    assert isinstance(xaifast.explain(None, many, backbone=feature, head=head).adapter, ClassifierAdapter)
+    assert isinstance(xaifast.explain(None, many, backbone=feature, head=head).engine, PyTorchEngine)
     from xaifast.zoo.vit import small_vit
 
     vit = small_vit(num_classes=3, img_size=32, patch_size=8, depth=2)
-    assert not isinstance(xaifast.explain(vit, torch.randn(40, 3, 32, 32)).adapter, OpenVINOEngine)
-    assert isinstance(xaifast.explain(model, many, engine="pytorch").adapter, ClassifierAdapter)
+    assert not isinstance(xaifast.explain(vit, torch.randn(40, 3, 32, 32)).engine, OpenVINOEngine)
+    assert isinstance(xaifast.explain(model, many, engine="pytorch").engine, PyTorchEngine)
     monkeypatch.setenv("XAIFAST_ENGINE", "pytorch")
-    assert isinstance(xaifast.explain(model, many).adapter, ClassifierAdapter)
-    assert isinstance(xaifast.explain(model, many, engine="openvino").adapter, OpenVINOEngine)
+    assert isinstance(xaifast.explain(model, many).engine, PyTorchEngine)
+    assert isinstance(xaifast.explain(model, many, engine="openvino").engine, OpenVINOEngine)
     monkeypatch.setenv("XAIFAST_ENGINE", "openvino")  # prefers OpenVINO where it runs, no errors elsewhere
-    assert isinstance(xaifast.explain(vit, torch.randn(2, 3, 32, 32)).adapter, OpenVINOEngine)
-    assert isinstance(xaifast.explain(None, many, backbone=feature, head=head).adapter, ClassifierAdapter)
+    assert isinstance(xaifast.explain(vit, torch.randn(2, 3, 32, 32)).engine, OpenVINOEngine)
+    assert isinstance(xaifast.explain(None, many, backbone=feature, head=head).engine, PyTorchEngine)
     monkeypatch.setenv("XAIFAST_ENGINE", "tpu")
     with pytest.raises(EngineError, match="XAIFAST_ENGINE"):
         xaifast.explain(model, many)
@@ -256,7 +256,7 @@ def test_conversion_failure_falls_back_under_auto_and_raises_when_explicit():
     with pytest.warns(UserWarning, match="OpenVINO engine cannot run this model") as record:
         got = list(run)
     assert sum("OpenVINO engine cannot run" in str(w.message) for w in record) == 1  # one warning per run
-    assert run.adapter.engine == "pytorch" and len(got) == E.AUTO_MIN_IMAGES
+    assert run.engine.engine == "pytorch" and len(got) == E.AUTO_MIN_IMAGES
     ref = list(xaifast.explain(model, x, cfg, target_layer="net.features", engine="pytorch"))
     for a, b in zip(got, ref):
         np.testing.assert_array_equal(a.saliency_map["image"], b.saliency_map["image"])

@@ -12,13 +12,13 @@ from .errors import (ClassIndexError, DataError, ImageReadError, ModelSplitError
                      XaifastError)
 from .explanation import Explanation
 from .adapters.detection import DetectorSpec, InstanceSegmentationSpec
-from .pipeline import ExplainRun, explain, saliency_maps
+from .pipeline import AlgorithmOptions, ExplainRun, ModelOptions, RunOptions, explain, saliency_maps
 from .exporter import export
 from .postprocess import postprocess
 
 __version__ = "0.1.0"
 
 __all__ = ["explain", "saliency_maps", "postprocess", "export", "functional", "ExplainConfig", "TargetExplainGroup",
-           "Explanation", "ExplainRun", "DetectorSpec", "InstanceSegmentationSpec", "Preprocess", "read_image",
+           "Explanation", "ExplainRun", "ModelOptions", "RunOptions", "AlgorithmOptions", "DetectorSpec", "InstanceSegmentationSpec", "Preprocess", "read_image",
            "XaifastError", "ClassIndexError",
            "DataError", "ImageReadError", "ModelSplitError", "TargetLayerError", "__version__"]

@@ -32,10 +32,23 @@ def _explain_parser() -> ArgumentParser:
                    help=f"recipe: a YAML file, or a built-in name ({', '.join(builtin_recipes())}); "
                         "default: efficientnet_lite0")
     p.add_argument("--checkpoint", type=Optional[str], default=None, help="weights (a state_dict .pth) for the recipe's model")
-    p.add_argument("--data_root", type=Optional[str], default=None, help="a folder of images, or one image file")
+    p.add_argument("--data_root", type=Optional[str], default=None,
+                   help="a folder of images (walked recursively; class folders give the ground truth), a COCO "
+                        "dataset folder (annotations/*.json beside images/) or its json, a text file of image "
+                        "paths (one per line, relative to the file), or one image file")
     p.add_argument("--work_dir", type=str, default="xaifast-workspace",
                    help="where run folders are written; <work_dir>/.latest points at the newest")
-    p.add_argument("--dump", type=bool, default=True, help="write saliency maps and overlays as PNG files")
+    p.add_argument("--dump", type=bool, default=True, help="write saliency maps and overlays as image files")
+    p.add_argument("--dump_format", type=str, default="png",
+                   help="png (OTX's files) | jpg (the same names with .jpg, quality 90: faster to write, smaller)")
+    p.add_argument("--resume", type=Optional[str], default=None,
+                   help="True: continue the newest run of --work_dir (images it finished are skipped); or the "
+                        "run folder to continue. Use the flags of the interrupted run")
+    p.add_argument("--num_workers", type=Optional[int], default=None,
+                   help="threads that decode images and that render and write files (default: the machine's cores)")
+    p.add_argument("--max_image_pixels", type=Optional[int], default=100_000_000,
+                   help="images larger than this are skipped and reported (default 100 megapixels; raise it for "
+                        "larger photos: memory grows with it)")
     p.add_argument("--explain_config.target_explain_group", type=Optional[str], default=None,
                    help=f"{' | '.join(GROUPS)} (default ALL, as OTX; PREDICTIONS for the embedded default)")
     p.add_argument("--explain_config.target_classes", type=Optional[List[str]], default=None,
@@ -128,12 +141,19 @@ def _explain(a) -> int:
         model = recipe.build(a.checkpoint).to(a.device)
         settings = {"recipe": recipe.name, "checkpoint": a.checkpoint or recipe.checkpoint}
     summary = run_explain_job(
-        model, data, config, work_dir=a.work_dir, dump=a.dump, settings=settings, batch_size=a.batch_size,
+        model, data, config, work_dir=a.work_dir, dump=a.dump, dump_format=a.dump_format, resume=_resume(a.resume),
+        num_workers=a.num_workers, max_image_pixels=a.max_image_pixels, settings=settings, batch_size=a.batch_size,
         progress=a.progress, precision=a.precision, engine=a.engine,
         preprocess=recipe.preprocess if recipe else None, labels=recipe.labels if recipe else None,
         target_layer=recipe.target_layer if recipe else None,
         explain_options=_detection_options(recipe, model, a))
     return 0 if summary.images > 0 else 1
+
+
+def _resume(value: Optional[str]):
+    if value is None or str(value).lower() in ("false", "no", "0", ""):
+        return None
+    return True if str(value).lower() in ("true", "yes", "1") else value
 
 
 def _detection_options(recipe, model, a) -> Optional[dict]:
@@ -153,7 +173,7 @@ def _export(a) -> int:
     from pathlib import Path
 
     from .config import ExplainConfig
-    from .dump import new_run_dir, point_latest
+    from .rundir import new_run_dir, point_latest
     from .exporter import export
     from .recipe import load_recipe
 

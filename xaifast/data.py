@@ -57,6 +57,8 @@ class Sample:
     tensor: Optional[torch.Tensor]  # [3, h, w]; None when reading failed
     image: Optional[np.ndarray] = None  # original RGB uint8, for postprocessing
     error: Optional[str] = None
+    index: int = -1  # position in the input
+    item: Optional[object] = None  # the file source's SourceItem (rel path, ground truth)
 
 
 def read_image(path: Union[str, Path]) -> np.ndarray:
@@ -184,7 +186,7 @@ def iter_tensor_samples(data: Union[torch.Tensor, Iterable]) -> Iterator[Sample]
             raise DataError(f"data item {n} has dtype {batch.dtype}; tensors must be preprocessed float "
                             "images (pass image files to have xaifast read and normalize them)")
         for row in batch:
-            yield Sample(index, row)
+            yield Sample(index, row, index=index)
             index += 1
 
 

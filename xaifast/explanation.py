@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -14,24 +14,45 @@ class Explanation:
     """Saliency maps of one image.
 
     saliency_map: {class index or "image": uint8 map}. Low-resolution [h, w] maps when the run's
-        `postprocess` is False; [H0, W0, 3] RGB JET heat maps at the image's size when True.
+        `postprocess` is False; [H0, W0, 3] RGB JET heat maps at the image's size when True, then
+        rendered when read (a mapping that keeps nothing: `dict(ex.saliency_map)` keeps them all).
     overlay: {same keys: RGB overlay on the image} when postprocessed and the image is known.
-    prediction: class scores [K] (softmax / sigmoid / raw logits, as configured).
+    maps: the low-resolution uint8 maps {key: [h, w]}, whatever `postprocess`.
+    prediction: class scores [K] (softmax / sigmoid / raw logits, as configured), or detections.
     predicted: the predicted class indices (top-1, or score >= 0.5 for multilabel).
     source: the image path, or the running index of the image in the input.
+    rel: the path relative to the data root (files), gt: the ground truth the data gives (class
+        folder {"label"}, COCO {"boxes", "labels", "category_ids"}), index: position in the input.
     labels: {class index: label name} for the classes in `saliency_map`, when names are known.
     image: the original RGB image when it was read from a file.
     """
 
     source: Union[str, int]
-    saliency_map: Dict[MapKey, np.ndarray]
-    prediction: np.ndarray
+    saliency_map: Mapping[MapKey, np.ndarray]
+    prediction: Any
     predicted: List[int]
-    overlay: Dict[MapKey, np.ndarray] = field(default_factory=dict)
+    overlay: Mapping[MapKey, np.ndarray] = field(default_factory=dict)
     labels: Dict[int, str] = field(default_factory=dict)
     image: Optional[np.ndarray] = field(default=None, repr=False)
     extras: Dict[str, Any] = field(default_factory=dict, repr=False)
+    index: int = -1
+    rel: Optional[str] = None
+    gt: Optional[dict] = None
+    maps: Dict[MapKey, np.ndarray] = field(default_factory=dict, repr=False)
+    name: str = field(default="", repr=False)  # output stem path: <rel dir>/<stem>
+    renderer: Any = field(default=None, repr=False)
+    postprocessed: bool = field(default=False, repr=False)
 
     @property
     def targets(self) -> List[MapKey]:
         return list(self.saliency_map)
+
+    @property
+    def key(self):
+        """What identifies the image in a run (and its journal): rel path, or the input index."""
+        return self.rel if self.rel is not None else self.index
+
+    def files(self) -> Iterator[Tuple[MapKey, str, np.ndarray]]:
+        """(key, "saliency_map" | "overlay", pixels) of everything a dump writes, rendered a few
+        maps at a time (see `xaifast.stages.render`)."""
+        return self.renderer.files(self.postprocessed)

@@ -1,17 +1,34 @@
-"""One explain job, as the CLI and the demo run it: a recipe's model on a data source, maps
-streamed to a run folder, a progress bar, and a summary at the end."""
+"""One explain job, as the CLI and the demo run it: a model on a data source, maps streamed to a
+run folder, a progress bar, a journal, and a summary at the end.
+
+Stages and threads: the calling thread drives the pipeline (decoding runs on its own thread pool
+a bounded number of images ahead; the engine computes); each finished image goes to a pool of
+`num_workers` threads that render it a few maps at a time, encode and write its files (OpenCV and
+the C++ postprocessor release the GIL), then append its line to the journal. At most
+2 x num_workers images are in flight there: memory does not grow with the number of images.
+
+Crash safety and resume: `.latest` points at the run from its start; files are written under a
+temporary name and renamed; `explain/index.jsonl` gets one line per image once its files are on
+disk. `resume=True` (or a run folder) continues a run: the images of its journal are skipped
+(batches are windows of input positions, so the others are computed in the same batches as an
+uninterrupted run: the same bytes). `explain/index.json` is written at the end.
+"""
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, TextIO
+from typing import Callable, List, Optional, TextIO, Union
 
 from .config import ExplainConfig
-from .data import is_file_input, list_image_files
-from .dump import RunWriter
-from .pipeline import explain
+from .errors import XaifastError
+from .pipeline import default_workers, explain
+from .rundir import SETTINGS_FILE, new_run_dir, point_latest, resume_target, write_json_atomic
+from .stages.journal import Journal, read_journal
+from .stages.sinks import CallbackSink, FolderSink, NullSink, check_dump_format, files_exist
 
 
 @dataclass
@@ -22,6 +39,7 @@ class JobSummary:
     failures: List[tuple]
     seconds: float
     run_dir: Optional[Path]
+    resumed: int = 0  # images done by an earlier, interrupted run
 
     @property
     def images_per_second(self) -> float:
@@ -29,57 +47,198 @@ class JobSummary:
 
 
 def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: bool = True,
+                    dump_format: str = "png", resume: Union[bool, str, Path, None] = None,
+                    num_workers: Optional[int] = None, sink: Optional[Callable] = None,
                     preprocess=None, labels: Optional[List[str]] = None, target_layer: Optional[str] = None,
                     settings: Optional[dict] = None, batch_size: int = 16, progress: bool = True,
-                    out: Optional[TextIO] = None, precision: str = "f32",
+                    out: Optional[TextIO] = None, precision: str = "f32", max_image_pixels: Optional[int] = 100_000_000,
                     explain_options: Optional[dict] = None, engine: Optional[str] = None) -> JobSummary:
     """model: an nn.Module, or the path of an exported .xml / .onnx model (run with OpenVINO).
-    engine: auto | openvino | pytorch (see `xaifast.explain`); precision: OpenVINO's (engine or exported model).
+    data: anything `xaifast.explain` takes. dump: write the maps and overlays (`dump_format` png |
+    jpg) under a new run folder of work_dir; sink: a function that gets every Explanation instead.
+    resume: True (the newest run of work_dir) or a run folder: continue it. num_workers: threads
+    of decoding and of rendering + writing (default: the machine's cores).
+    engine: auto | openvino | pytorch (see `xaifast.explain`); precision: OpenVINO's.
     explain_options: more keyword arguments of `xaifast.explain` (e.g. spec=, score_threshold=).
     out: where the per-image lines and the summary go (default: sys.stdout at call time)."""
     out = out if out is not None else sys.stdout
-    from .engines.exported import OpenVINOAdapter, is_exported_model
-
-    if is_exported_model(model):
-        model = OpenVINOAdapter(model, precision=precision, preprocess=preprocess, labels=labels)
-        labels = model.labels
-    if is_file_input(data):
-        data = [str(p) for p in list_image_files(data)]
-    total = len(data) if isinstance(data, list) else None
+    workers = num_workers or default_workers()
+    if workers < 1:
+        raise XaifastError(f"num_workers must be >= 1, got {num_workers}")
+    fmt = check_dump_format(dump_format)
     settings = dict(settings or {}, algorithm=config.algorithm, target_explain_group=config.target_explain_group.name,
-                    postprocess=config.postprocess, mask=config.mask, score=config.score)
-    writer = RunWriter(work_dir, labels, settings, config.alpha) if dump else None
+                    target_classes=list(config.target_classes or []), postprocess=config.postprocess,
+                    mask=config.mask, score=config.score, dump=bool(dump), dump_format=fmt, batch_size=batch_size,
+                    max_image_pixels=max_image_pixels)
+    keeps_files = dump and sink is None
+    run_dir, done = _open_run(Path(work_dir), resume, settings) if keeps_files else (None, [])
+    journal = Journal(run_dir / "explain" / "index.jsonl") if run_dir is not None else None
+    target = FolderSink(run_dir, fmt) if keeps_files else CallbackSink(sink) if sink is not None else NullSink()
+    bar = _progress(None, progress)
+    report = _Reporter(out, bar)
+
+    def on_skip(sample, reason):
+        report.line(f"skipped {sample.source}: {reason}")
+        if journal is not None:
+            journal.append({"index": sample.index, "source": str(sample.source), "rel": _rel(sample.item),
+                            "failed": reason})
+        report.advance()
+
     start = time.perf_counter()
     run = explain(model, data, config, target_layer=target_layer, preprocess=preprocess, labels=labels,
-                  batch_size=batch_size, engine=engine, precision=precision, **(explain_options or {}))
-    if labels is None:
-        labels = run.adapter.labels
-        if writer is not None:
-            writer.labels = labels
-    if writer is not None:
-        writer.settings["mask"] = getattr(run, "mask", config.mask)  # "auto" resolved by model type
-    maps = 0
-    bar = _progress(total, progress)
+                  batch_size=batch_size, engine=engine, precision=precision, num_workers=workers,
+                  max_image_pixels=max_image_pixels, **(explain_options or {}),
+                  _run_kwargs=dict(skip={r["rel"] if r.get("rel") is not None else r["index"] for r in done},
+                                   on_skip=on_skip, warn=False))
+    labels = labels if labels is not None else run.engine.labels
+    settings["mask"] = run.mask  # "auto" resolved by model type
+    if run_dir is not None and not (run_dir / "explain" / SETTINGS_FILE).is_file():
+        write_json_atomic(run_dir / "explain" / SETTINGS_FILE, settings)
+    if bar is not None and not bar.disable:
+        bar.reset(total=len(run.items) if run.items is not None else None)
+        bar.update(len(done))
+    counts = {"maps": 0, "files": 0}
+    lock = threading.Lock()
+
+    def finish(ex) -> None:
+        ex.renderer.threads = 1  # one image per worker thread: the workers share the cores
+        files = target.write(ex)
+        if journal is not None:
+            journal.append(_record(ex, files, labels))
+        with lock:
+            counts["maps"] += len(ex.maps)
+            counts["files"] += len(files)
+        report.line(f"{ex.rel or Path(str(ex.source)).name}: {prediction_summary(ex, labels)}")
+        report.advance()
+
+    interrupted = False
     try:
-        for ex in run:
-            maps += len(ex.saliency_map)
-            if writer is not None:
-                writer.write(ex)
-            line = f"{Path(str(ex.source)).name}: {prediction_summary(ex, labels)}"
-            if bar is not None:
-                bar.write(line, file=out)
-                bar.update(1)
-            else:
-                print(line, file=out)
+        _drain(run, finish, workers)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
+        if journal is not None:
+            journal.close()
         if bar is not None:
-            bar.update(len(run.failures))
             bar.close()
-        run_dir = writer.close(run.failures) if writer is not None else None
-    summary = JobSummary(run.count, maps, writer.files if writer else 0, list(run.failures),
-                         time.perf_counter() - start, run_dir)
+        target.close()
+        if interrupted and run_dir is not None:
+            print(f"xaifast: interrupted; finished images are kept: continue with --resume True "
+                  f"(or --resume {run_dir})", file=sys.stderr)
+    if run_dir is not None:
+        _write_index(run_dir, settings)
+    summary = JobSummary(run.count, counts["maps"], counts["files"], list(run.failures),
+                         time.perf_counter() - start, run_dir, resumed=len(done))
     print_summary(summary, work_dir, out)
     return summary
+
+
+def _drain(run, finish: Callable, workers: int) -> None:
+    """Hand every Explanation of `run` to `finish` on a pool of `workers` threads, at most
+    2 x workers in flight; the first error of a worker stops the run and is raised here."""
+    slots = threading.BoundedSemaphore(2 * workers)
+    errors: List[BaseException] = []
+
+    def task(ex):
+        try:
+            if not errors:
+                finish(ex)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller
+            errors.append(exc)
+        finally:
+            slots.release()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xaifast-write") as pool:
+        try:
+            for ex in run:
+                slots.acquire()
+                if errors:
+                    break
+                pool.submit(task, ex)
+        finally:
+            pool.shutdown(wait=True)
+    if errors:
+        raise errors[0]
+
+
+def _open_run(work_dir: Path, resume, settings: dict):
+    """(run folder, journal records done) of a new run, or of the run `resume` names."""
+    if resume in (None, False, "False", "false"):
+        run_dir = new_run_dir(work_dir)
+        (run_dir / "explain").mkdir()
+        point_latest(work_dir, run_dir)
+        return run_dir, []
+    run_dir = resume_target(work_dir, True if resume in (True, "True", "true") else resume)
+    recorded = run_dir / "explain" / SETTINGS_FILE
+    if recorded.is_file():
+        import json
+
+        before = json.loads(recorded.read_text())
+        changed = [k for k in settings if k != "mask" and k in before and before[k] != settings[k]]
+        if changed:
+            what = ", ".join(f"{k}: {before[k]!r} then, {settings[k]!r} now" for k in changed)
+            raise XaifastError(f"--resume {run_dir}: the run was started with other settings ({what}); "
+                               "resume with the same flags, or start a new run")
+    records = read_journal(run_dir / "explain" / "index.jsonl")
+    done = [r for r in records if "failed" in r or files_exist(run_dir, r.get("files", []))]
+    point_latest(run_dir.parent, run_dir)
+    return run_dir, done
+
+
+def _rel(item) -> Optional[str]:
+    return item.rel if item is not None else None
+
+
+def _record(ex, files: List[str], labels) -> dict:
+    """One image's line of the journal and entry of index.json."""
+    def label(k: int) -> Optional[str]:
+        return labels[k] if labels is not None and 0 <= k < len(labels) else None
+
+    if isinstance(ex.prediction, dict):  # detections (boxes in the image's pixels)
+        p = ex.prediction
+        predictions = [{"class": int(k), "label": label(int(k)), "score": float(s),
+                        "box": [round(float(v), 2) for v in box]}
+                       for box, s, k in zip(p["boxes"], p["scores"], p["labels"])]
+    else:
+        predictions = [{"class": k, "label": label(k), "score": float(ex.prediction[k])} for k in ex.predicted]
+    record = {"index": ex.index, "source": str(ex.source), "rel": ex.rel}
+    if ex.gt is not None:
+        record["gt"] = ex.gt
+    record.update(predictions=predictions, targets=[k if k == "image" else int(k) for k in ex.maps], files=files)
+    return record
+
+
+def _write_index(run_dir: Path, settings: dict) -> None:
+    """explain/index.json from the journal: every image in input order, then the skipped inputs."""
+    records = {}
+    for r in read_journal(run_dir / "explain" / "index.jsonl"):
+        records[r["index"]] = r  # a line written again after a resume replaces the earlier one
+    ordered = [records[i] for i in sorted(records)]
+    index = {"run": run_dir.name, "settings": settings,
+             "images": [r for r in ordered if "failed" not in r],
+             "failures": [{"source": r["source"], "reason": r["failed"]} for r in ordered if "failed" in r]}
+    write_json_atomic(run_dir / "explain" / "index.json", index)
+
+
+class _Reporter:
+    """Per-image lines and the progress bar, from any thread."""
+
+    def __init__(self, out: TextIO, bar):
+        self.out, self.bar = out, bar
+        self.lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        with self.lock:
+            if self.bar is not None:
+                self.bar.write(text, file=self.out)
+            else:
+                print(text, file=self.out)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            with self.lock:
+                self.bar.update(1)
 
 
 def prediction_summary(ex, labels) -> str:
@@ -106,7 +265,8 @@ def _progress(total: Optional[int], enabled: bool):
 
 
 def print_summary(s: JobSummary, work_dir: str, out: TextIO) -> None:
-    print(f"explained {s.images} images: {s.maps} maps, {s.files} files, {len(s.failures)} failed, "
+    resumed = f" (+{s.resumed} done before: resumed)" if s.resumed else ""
+    print(f"explained {s.images} images{resumed}: {s.maps} maps, {s.files} files, {len(s.failures)} failed, "
           f"{s.seconds:.1f} s ({s.images_per_second:.1f} images/s)", file=out)
     for source, reason in s.failures:
         print(f"  skipped {source}: {reason}", file=out)

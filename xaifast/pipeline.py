@@ -1,89 +1,113 @@
-"""The explain pipeline: inputs -> batches -> one forward -> saliency algorithm -> target
-selection -> normalization / postprocessing -> `Explanation`s, streamed in input order.
+"""The explain pipeline, one straight line:
 
-One bad input never stops a run: images that cannot be read are skipped with a warning and
-listed in `ExplainRun.failures` (and in a summary warning at the end).
+    source -> decode -> batch -> engine -> targets -> render -> (sink, in the job)
+
+- source: image files (a folder walked recursively, a file list, a COCO dataset; `stages.sources`)
+  or tensors (a tensor, a DataLoader);
+- decode: files are read and preprocessed on a thread pool (`num_workers`), in order, a bounded
+  number ahead; unreadable or too large images are skipped and reported, never end the run;
+- batch: images are grouped by their position in the input (`batch_size` positions a batch), so
+  a batch holds the same images whether or not the run was resumed (the same maps, bit for bit);
+- engine: `Engine.stream` (PyTorch, OpenVINO, exported model, detector: one protocol);
+- targets: which maps of each image (IMAGE / ALL / PREDICTIONS / custom classes);
+- render: postprocessed maps are rendered when read (`stages.render`), a few at a time.
+
+`explain()` streams one `Explanation` per image, in input order. `ExplainRun.failures` lists the
+skipped inputs as (source, reason).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field, fields
+from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
 
-from .algorithms import (SaliencyResult, explain_activation_map, explain_eigen_cam, recipro_cam, requested_model_kind,
-                         resolve_algorithm, vit_recipro_cam)
+from .algorithms import resolve_algorithm
 from .config import ExplainConfig, TargetExplainGroup
-from .data import Preprocess, Sample, iter_samples
+from .data import Preprocess, Sample, iter_tensor_samples
+from .engines import Engine, make_engine
+from .engines.base import BatchResult, Request
 from .errors import ClassIndexError, DataError, XaifastError
 from .explanation import Explanation
-from .functional import normalize
-from .adapters.classifier import ClassifierAdapter
-from .adapters.detection import DetectionAdapter, is_detection_model
-from .engines.openvino import OpenVINOEngine, select_engine
-from .engines.exported import OpenVINOAdapter, is_exported_model
-from .adapters.vit import TokenFeature, ViTAdapter, is_transformer
+from .stages.render import Renderer, RenderedMaps
 
 DEFAULT_BATCH_SIZE = 16
 
 
-def as_adapter(model, *, target_layer=None, backbone=None, head=None, preprocess=None, labels=None,
-               algorithm: str = "auto", target_block: int = 1, spec=None):
-    if isinstance(model, (ClassifierAdapter, ViTAdapter, OpenVINOAdapter, DetectionAdapter)):
-        return model
-    if is_exported_model(model):
-        return OpenVINOAdapter(model, preprocess=preprocess, labels=labels)
-    if is_detection_model(model, spec):
-        return DetectionAdapter(model, spec, preprocess=preprocess, labels=labels)
-    if isinstance(model, torch.nn.Module) and backbone is None and head is None:
-        wanted = requested_model_kind(algorithm)
-        if wanted == "transformer" or (wanted is None and is_transformer(model, target_layer)):
-            return ViTAdapter(model, target_layer=target_layer, target_block=target_block, preprocess=preprocess,
-                              labels=labels)
-    if model is None or isinstance(model, torch.nn.Module):
-        return ClassifierAdapter(model, target_layer=target_layer, backbone=backbone, head=head,
-                                 preprocess=preprocess, labels=labels)
-    raise XaifastError(f"cannot explain a {type(model).__name__}; pass a torch.nn.Module "
-                       "(optionally with target_layer=), or backbone= and head= callables")
+@dataclass
+class ModelOptions:
+    """How to read the model. target_layer: the module whose output is explained (detected when
+    None); backbone / head: callables instead of a model; preprocess: how image files become
+    inputs; labels: class names; target_block: ViT Recipro-CAM's k-th block from the end; spec:
+    `DetectorSpec` / `InstanceSegmentationSpec` for detectors."""
+
+    target_layer: Optional[str] = None
+    backbone: Optional[Callable] = None
+    head: Optional[Callable] = None
+    preprocess: Optional[Preprocess] = None
+    labels: Optional[Sequence[str]] = None
+    target_block: int = 1
+    spec: object = None
 
 
-def _batches(samples: Iterator[Sample], batch_size: int, failures: List[Tuple[Union[str, int], str]]
-             ) -> Iterator[List[Sample]]:
-    """Good samples grouped into batches of one input shape; bad ones reported and skipped."""
-    batch: List[Sample] = []
-    for sample in samples:
-        if sample.tensor is None:
-            failures.append((sample.source, sample.error or "unreadable"))
-            warnings.warn(f"skipping {sample.error}", stacklevel=3)
-            continue
-        if batch and batch[0].tensor.shape != sample.tensor.shape:
-            yield batch
-            batch = []
-        batch.append(sample)
-        if len(batch) >= batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+@dataclass
+class RunOptions:
+    """How to run. batch_size: images per forward; engine: auto | openvino | pytorch; precision:
+    the OpenVINO engine's (f32 | bf16 | f16 | auto); memory_budget_mb: bound of the masked inputs
+    the head sees at once; num_workers: decoding threads (None: the machine's cores);
+    max_image_pixels: images larger than this are skipped (None: no limit)."""
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    engine: Optional[str] = None
+    precision: str = "f32"
+    memory_budget_mb: Optional[float] = None
+    num_workers: Optional[int] = None
+    max_image_pixels: Optional[int] = 100_000_000
 
 
-def scores_of(logits: torch.Tensor, score: str) -> torch.Tensor:
-    logits = logits.float()
-    if score == "softmax":
-        return torch.softmax(logits, dim=1)
-    if score == "sigmoid":
-        return torch.sigmoid(logits)
-    return logits
+@dataclass
+class AlgorithmOptions:
+    """Options of some algorithms. ViT Recipro-CAM: cls_token (keep the auxiliary tokens in the
+    masked token sets), use_fast_path (exact distinct-token re-inference). Detectors: feature_level
+    (the pyramid level of activationmap / eigencam, -1: the last), score_threshold (confidence of
+    the predictions; default: the spec's), map_size ((h, w) of DetClassProbabilityMap's maps)."""
+
+    cls_token: bool = True
+    use_fast_path: bool = True
+    feature_level: int = -1
+    score_threshold: Optional[float] = None
+    map_size: Optional[Tuple[int, int]] = None
+
+
+_GROUPS = (ModelOptions, RunOptions, AlgorithmOptions)
+
+
+def _group_options(kwargs: dict):
+    """Sort explain()'s flat keyword arguments into the three option groups."""
+    out = []
+    for group in _GROUPS:
+        names = {f.name for f in fields(group)}
+        out.append(group(**{k: kwargs.pop(k) for k in list(kwargs) if k in names}))
+    if kwargs:
+        valid = sorted(f.name for g in _GROUPS for f in fields(g))
+        raise TypeError(f"unknown option(s) {', '.join(sorted(kwargs))}; valid: {', '.join(valid)}")
+    return out
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 @contextlib.contextmanager
-def single_torch_thread():
-    """Run the host's small torch ops on this thread alone while the OpenVINO engine computes:
-    waking torch's intra-op pool on cores OpenVINO keeps busy costs milliseconds per op."""
+def single_torch_thread(enabled: bool = True):
+    """Run the host's small torch ops on this thread alone while OpenVINO computes: waking
+    torch's intra-op pool on cores OpenVINO keeps busy costs milliseconds per op."""
     threads = torch.get_num_threads()
-    if threads == 1:
+    if not enabled or threads == 1:
         yield
         return
     torch.set_num_threads(1)
@@ -91,12 +115,6 @@ def single_torch_thread():
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def predicted_classes(scores: np.ndarray, multilabel: bool) -> List[int]:
-    if multilabel:
-        return [int(k) for k in np.flatnonzero(scores >= 0.5)]
-    return [int(np.argmax(scores))]
 
 
 def resolve_classes(refs: Sequence, num_classes: int, labels: Optional[Sequence[str]]) -> List[int]:
@@ -117,204 +135,248 @@ def resolve_classes(refs: Sequence, num_classes: int, labels: Optional[Sequence[
     return list(dict.fromkeys(out))
 
 
+class SourceList(list):
+    """The listed items (`stages.sources.SourceItem`) of a file source."""
+
+
 class ExplainRun:
     """Iterable of `Explanation`s, in input order. After iteration, `failures` lists the inputs
-    that were skipped as (source, reason) and `count` the images explained."""
+    that were skipped as (source, reason) and `count` the images explained.
 
-    def __init__(self, adapter: ClassifierAdapter, data, config: ExplainConfig, batch_size: int,
-                 memory_budget_mb: Optional[float], vit_options: Optional[dict] = None,
-                 detection_options: Optional[dict] = None):
-        if batch_size < 1:
-            raise XaifastError(f"batch_size must be >= 1, got {batch_size}")
-        self.adapter = adapter
+    skip: keys (`Explanation.key`: the relative path of a file, or the index of a tensor row) of
+    images already done (a resumed run): not yielded, and batches made only of them not computed.
+    on_skip(index, source, reason) is called for every input that could not be read.
+    warn: warn once per skipped input and once at the end (the job reports them itself)."""
+
+    def __init__(self, engine: Engine, data, config: ExplainConfig, run: RunOptions,
+                 algorithm: AlgorithmOptions, *, skip: Optional[Set] = None,
+                 on_skip: Optional[Callable] = None, warn: bool = True, normalize: bool = True):
+        if run.batch_size < 1:
+            raise XaifastError(f"batch_size must be >= 1, got {run.batch_size}")
+        self.engine = engine
         self.config = config
-        self.batch_size = batch_size
-        self.memory_budget_mb = memory_budget_mb
+        self.options = run
         self.failures: List[Tuple[Union[str, int], str]] = []
         self.count = 0
-        self.algorithm = resolve_algorithm(config.algorithm, adapter.kind, config.target_explain_group)
-        if isinstance(adapter, OpenVINOAdapter) and str(config.algorithm).lower() in ("auto", "classwisesaliencymap") \
-                and config.target_explain_group is not TargetExplainGroup.IMAGE:
-            self.algorithm = adapter.algorithm  # what the exported graph computes
-        self.mask = config.mask if config.mask != "auto" else "gaussian" if adapter.kind == "transformer" else "1x1"
-        self.vit_options = dict(vit_options or {})
-        self.detection_options = dict(detection_options or {})
-        if isinstance(adapter, DetectionAdapter):
-            from .engines.detection_run import check_detection_options
+        self.skip = set(skip or ())
+        self.on_skip = on_skip
+        self.warn = warn
+        self.algorithm = resolve_algorithm(config.algorithm, engine.kind, config.target_explain_group)
+        self.mask = config.mask if config.mask != "auto" else "gaussian" if engine.kind == "transformer" else "1x1"
+        request = Request(self.algorithm, self.mask, config.score, normalize=normalize,
+                          memory_budget_mb=run.memory_budget_mb,
+                          vit=dict(cls_token=algorithm.cls_token, use_fast_path=algorithm.use_fast_path),
+                          detection=dict(feature_level=algorithm.feature_level,
+                                         score_threshold=algorithm.score_threshold, map_size=algorithm.map_size))
+        self.request = engine.resolve(request)
+        self.algorithm = self.request.algorithm
+        engine.check(self.request)
+        self.items = None  # the file source's items (stages.sources.SourceItem), in order
+        self.names = {}
+        self._samples = self._open(data)  # validates data now: errors come early
 
-            check_detection_options(adapter, config.score)
-        self._samples = iter_samples(data, adapter.preprocess)  # validates data now: errors come early
+    @property
+    def adapter(self) -> Engine:  # earlier name of `engine`
+        return self.engine
+
+    # ------------------------------------------------------------------ source + decode
+    def _open(self, data) -> Iterator[Sample]:
+        from .stages.sources import is_path_input, list_sources
+
+        if isinstance(data, (list, tuple)) and not data:
+            raise DataError("the data is an empty list; pass image files, a folder, or tensors [B, 3, H, W]")
+        if isinstance(data, SourceList) or is_path_input(data):
+            from .stages.sinks import output_names
+
+            self.items = data if isinstance(data, SourceList) else list_sources(data)
+            self.names = output_names([it.rel for it in self.items])
+            return self._decoded()
+        if isinstance(data, (str, bytes)):
+            raise DataError(f"cannot explain {data!r}")
+        if not isinstance(data, (torch.Tensor, np.ndarray)) and not hasattr(data, "__iter__"):
+            raise DataError(f"data of type {type(data).__name__} is not explainable; pass a folder, a list of "
+                            "image files, a tensor [B, 3, H, W] or an iterable of tensors (a DataLoader)")
+        return iter_tensor_samples(data)
+
+    def _decoded(self) -> Iterator[Sample]:
+        """Decode the items of every batch that has work left, on a thread pool, in order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .stages.decode import read_image_checked
+
+        items, size, skip = self.items, self.options.batch_size, self.skip
+        todo = [i for start in range(0, len(items), size)
+                if not all(it.rel in skip for it in items[start:start + size])
+                for i in range(start, min(start + size, len(items)))]
+        preprocess = self.engine.preprocess
+        max_pixels = self.options.max_image_pixels
+
+        def load(i: int) -> Sample:
+            item = items[i]
+            try:
+                image = read_image_checked(item.path, max_pixels)
+                return Sample(item.path, preprocess(image), image, index=i, item=item)
+            except Exception as exc:  # one bad file must not stop a run
+                from .errors import ImageReadError
+
+                reason = str(exc) if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
+                return Sample(item.path, None, None, reason, index=i, item=item)
+
+        workers = self.options.num_workers or default_workers()
+        ahead = max(4, 2 * workers)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xaifast-decode") as pool:
+            pending = []
+            for i in todo:
+                pending.append(pool.submit(load, i))
+                if len(pending) >= ahead:
+                    yield pending.pop(0).result()
+            for fut in pending:
+                yield fut.result()
+
+    def _batches(self, samples: Iterator[Sample]) -> Iterator[List[Sample]]:
+        """Good samples grouped into batches: the same batch-size window of input positions and one
+        input shape; bad ones reported and skipped."""
+        batch: List[Sample] = []
+        size = self.options.batch_size
+        for sample in samples:
+            if sample.tensor is None:
+                self._skipped(sample)
+                continue
+            if batch and (batch[0].tensor.shape != sample.tensor.shape
+                          or batch[0].index // size != sample.index // size):
+                yield batch
+                batch = []
+            batch.append(sample)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _skipped(self, sample: Sample) -> None:
+        reason = sample.error or "unreadable"
+        key = sample.item.rel if sample.item is not None else sample.index
+        if key in self.skip:
+            return
+        self.failures.append((sample.source, reason))
+        if self.on_skip is not None:
+            self.on_skip(sample, reason)
+        if self.warn:
+            warnings.warn(f"skipping {sample.source}: {reason}", stacklevel=4)
+
+    # ------------------------------------------------------------------ engine + targets
+    def batch_results(self) -> Iterator[Tuple[List[Sample], BatchResult]]:
+        for batch, result in self.engine.stream(self._batches(self._samples), self.request):
+            with single_torch_thread(self.engine.busy_cores):
+                yield batch, result
 
     def __iter__(self) -> Iterator[Explanation]:
-        batches = _batches(self._samples, self.batch_size, self.failures)
-        if isinstance(self.adapter, OpenVINOEngine):  # inference overlapped with reading and postprocessing
-            for batch, computed in self.adapter.stream(batches, self):
-                with single_torch_thread():  # OpenVINO's threads hold the cores: no waits on torch's pool
-                    done = list(self._explain_batch(batch, computed))
-                yield from done
-        else:
-            for batch in batches:
-                yield from self._explain_batch(batch)
-        if self.failures:
+        for batch, result in self.batch_results():
+            yield from self.explanations(batch, result)
+        if self.failures and self.warn:
             listed = "; ".join(f"{src}: {why}" for src, why in self.failures[:10])
             more = f" (and {len(self.failures) - 10} more)" if len(self.failures) > 10 else ""
             warnings.warn(f"{len(self.failures)} input(s) could not be read and were skipped, "
                           f"{self.count} explained: {listed}{more}", stacklevel=2)
 
-    # ----------------------------------------------------------------------------------
-    def saliency(self, feature: torch.Tensor, normalize_maps: bool) -> SaliencyResult:
-        cfg = self.config
-        if self.algorithm in ("activationmap", "eigencam"):
-            fmap = feature.feature_map() if isinstance(feature, TokenFeature) else feature
-            return explain_activation_map(fmap) if self.algorithm == "activationmap" else explain_eigen_cam(fmap)
-        if self.algorithm == "vit_recipro_cam":
-            return vit_recipro_cam(feature, self.adapter.rest(), self.mask, cfg.score, normalize=normalize_maps,
-                                   memory_budget_mb=self.memory_budget_mb, **self.vit_options)
-        return recipro_cam(feature, self.adapter.head(feature), self.mask, cfg.score, normalize=normalize_maps,
-                           memory_budget_mb=self.memory_budget_mb)
-
-    def _targets(self, scores: np.ndarray, predicted: List[int], num_classes: int) -> List[int]:
+    def targets(self, predicted: List[int], num_classes: int) -> List[int]:
         group = self.config.target_explain_group
         if group is TargetExplainGroup.ALL:
             return list(range(num_classes))
         if group is TargetExplainGroup.PREDICTIONS:
             return predicted
-        return resolve_classes(self.config.target_classes, num_classes, self.adapter.labels)
+        return resolve_classes(self.config.target_classes, num_classes, self.engine.labels)
 
-    def _explain_batch(self, batch: List[Sample], computed=None) -> Iterator[Explanation]:
+    def explanations(self, batch: List[Sample], result: BatchResult) -> Iterator[Explanation]:
         cfg = self.config
-        if isinstance(self.adapter, DetectionAdapter):
-            from .engines.detection_run import explain_detection_batch
-
-            yield from explain_detection_batch(self, batch)
-            return
-        x = torch.stack([s.tensor for s in batch]) if computed is None else None
-        if computed is not None:  # (logits, SaliencyResult) from the OpenVINO engine's stream
-            logits, result = computed
-        elif isinstance(self.adapter, OpenVINOAdapter):
-            logits, result = self.adapter.explain_batch(x, self.algorithm)
-        else:
-            feature, logits = self.adapter.forward(x)
-            result = None
-        if logits.ndim != 2:
-            raise XaifastError(f"the model returned logits of shape {list(logits.shape)}; a classifier "
-                               "must return [B, num_classes]")
-        num_classes = logits.shape[1]
         if cfg.target_explain_group is TargetExplainGroup.CUSTOM:
-            resolve_classes(cfg.target_classes, num_classes, self.adapter.labels)  # fail before the work
-        if result is None:
-            result = self.saliency(feature, normalize_maps=True)
-        u8 = result.normalized if result.normalized is not None else normalize(result.raw)
-        u8 = u8.cpu().numpy()
-        scores = scores_of(logits, cfg.score).cpu().numpy()
+            resolve_classes(cfg.target_classes, result.num_classes, self.engine.labels)  # fail before the work
+        u8 = result.uint8()
+        input_hw = tuple(batch[0].tensor.shape[1:])
         for b, sample in enumerate(batch):
-            predicted = predicted_classes(scores[b], cfg.multilabel)
-            if result.class_agnostic:
+            key = sample.item.rel if sample.item is not None else sample.index
+            if key in self.skip:
+                continue
+            image_hw = sample.image.shape[:2] if sample.image is not None else input_hw
+            pred = result.predictions[b].in_image(input_hw, image_hw)
+            if result.maps.class_agnostic:
                 keys, maps = ["image"], u8[b, :1]
             else:
-                keys = self._targets(scores[b], predicted, num_classes)
+                keys = self.targets(pred.predicted, result.num_classes)
                 maps = u8[b] if cfg.target_explain_group is TargetExplainGroup.ALL else u8[b, keys]  # ALL: a view
-            explanation = Explanation(source=sample.source, saliency_map={}, prediction=scores[b],
-                                      predicted=predicted, image=sample.image)
-            size = sample.image if sample.image is not None else tuple(sample.tensor.shape[1:])
-            attach_maps(explanation, keys, maps, size, cfg, self.adapter)
-            self.count += 1
-            yield explanation
+            yield self.explanation(sample, keys, maps, pred, image_hw)
+
+    def explanation(self, sample: Sample, keys: list, maps: np.ndarray, pred, image_hw) -> Explanation:
+        """One image's Explanation; postprocessed maps and overlays render when read."""
+        cfg, engine = self.config, self.engine
+        item = sample.item
+        ex = Explanation(source=sample.source, saliency_map={}, prediction=pred.scores, predicted=pred.predicted,
+                         image=sample.image, index=sample.index,
+                         rel=item.rel if item is not None else None, gt=item.gt if item is not None else None)
+        ex.name = self.names[item.rel] if item is not None else f"image_{sample.index:06d}"
+        ex.maps = dict(zip(keys, maps))
+        ex.renderer = Renderer(keys, maps, sample.image, image_hw, cfg.alpha, pred.shown, engine.labels)
+        ex.postprocessed = cfg.postprocess
+        if pred.shown is not None:
+            ex.extras["detections"] = pred.shown
+        if cfg.postprocess:
+            ex.saliency_map = RenderedMaps(ex.renderer, "heat")
+            if sample.image is not None:
+                ex.overlay = RenderedMaps(ex.renderer, "overlay")
+        else:
+            ex.saliency_map = ex.maps
+        ex.labels = {} if engine.labels is None else {  # (1000 lookups per image with ALL)
+            k: engine.label(k) for k in keys if isinstance(k, int) and engine.label(k) is not None}
+        self.count += 1
+        return ex
+
+    def raw_maps(self) -> torch.Tensor:
+        """Raw float32 maps [B, K, h, w] of every image (`saliency_maps`)."""
+        raws = [result.maps.raw for _, result in self.batch_results()]
+        if self.failures and self.warn:
+            warnings.warn(f"{len(self.failures)} input(s) could not be read and were skipped", stacklevel=3)
+        if not raws:
+            raise DataError("no input could be explained")
+        return torch.cat(raws)
 
 
-def attach_maps(explanation: Explanation, keys: list, maps: np.ndarray, size, config: ExplainConfig, adapter,
-                decorate_overlays: Optional[Callable[[dict], dict]] = None) -> None:
-    """Put one image's maps [len(keys), h, w] uint8 on its Explanation, keyed by class (or "image"):
-    postprocess=True resizes them to `size` (the image, or its (H, W)) with the colormap and makes
-    the overlays (which `decorate_overlays` may draw on); False keeps the low-resolution maps.
-    Also the label names of the keys."""
-    from .postprocess import postprocess
-
-    if config.postprocess:
-        heat, over = postprocess(np.ascontiguousarray(maps), size, config.alpha)
-        explanation.saliency_map = dict(zip(keys, heat))
-        if over is not None:
-            overlays = dict(zip(keys, over))
-            explanation.overlay = decorate_overlays(overlays) if decorate_overlays is not None else overlays
-    else:
-        explanation.saliency_map = dict(zip(keys, maps))
-    labels = adapter.labels
-    explanation.labels = {} if labels is None else {  # (1000 lookups per image with ALL)
-        k: adapter.label(k) for k in keys if isinstance(k, int) and adapter.label(k) is not None}
-
-
-def explain(model, data, config: Optional[ExplainConfig] = None, *, target_layer: Optional[str] = None,
-            backbone: Optional[Callable] = None, head: Optional[Callable] = None,
-            preprocess: Optional[Preprocess] = None, labels: Optional[Sequence[str]] = None,
-            batch_size: int = DEFAULT_BATCH_SIZE, memory_budget_mb: Optional[float] = None,
-            target_block: int = 1, cls_token: bool = True, use_fast_path: bool = True, spec=None,
-            feature_level: int = -1, score_threshold: Optional[float] = None,
-            map_size: Optional[Tuple[int, int]] = None, engine: Optional[str] = None,
-            precision: str = "f32") -> ExplainRun:
+def explain(model, data, config: Optional[ExplainConfig] = None, *, model_options: Optional[ModelOptions] = None,
+            run_options: Optional[RunOptions] = None, algorithm_options: Optional[AlgorithmOptions] = None,
+            _run_kwargs: Optional[dict] = None, **options) -> ExplainRun:
     """Explain `model` on `data`; stream one `Explanation` per image, in input order.
 
-    model: a torch.nn.Module (target layer detected, or `target_layer="module.name"`), or None
-        with `backbone=` and `head=` callables. data: a folder or list of image files, a tensor
-        [B, 3, H, W], or an iterable of tensors (a DataLoader). config: `ExplainConfig`.
-    preprocess: how image files become model inputs (size, mean, std); labels: class names.
-    memory_budget_mb bounds the masked feature maps the head sees at once.
-    Transformers (a model with a recognizable block list; vit_recipro_cam): target_block = k-th
-    block from the end (or target_layer= naming the block list or one block), cls_token = keep
-    the auxiliary tokens in the masked token sets, use_fast_path = exact distinct-token re-inference.
-    Detectors and instance segmentation (`spec=xaifast.DetectorSpec(...)` / `InstanceSegmentationSpec`,
-    or a model with `xaifast_spec()`): feature_level = the pyramid level of activationmap / eigencam
-    (-1: the last, as OTX); score_threshold = the confidence threshold of the predictions (default:
-    the spec's); map_size = (h, w) of the DetClassProbabilityMap maps (default: the middle level's).
-    engine: "auto" (default, or $XAIFAST_ENGINE): OpenVINO on CPU for CNN classifiers given as an
-    nn.Module (recipro_cam / activationmap / eigencam), PyTorch otherwise; "openvino" | "pytorch".
-    precision: the OpenVINO engine's inference precision, f32 (default: the PyTorch maps within 1)
-    | bf16 | f16 | auto (the device's default: bf16 on CPUs with AVX512-BF16 / AMX).
+    model: a torch.nn.Module (target layer detected, or target_layer="module.name"), a recipe's
+        model, an exported .xml / .onnx path, or None with backbone= and head= callables.
+    data: a folder (walked recursively), an image file, a text file of image paths, a COCO
+        dataset folder, a list of image files, a tensor [B, 3, H, W], or an iterable of tensors
+        (a DataLoader).
+    config: `ExplainConfig`: what to explain (target group, classes, algorithm, mask, score,
+        postprocess).
+    The other options, by group (pass them as keywords, or as the group's object):
+      ModelOptions: target_layer, backbone, head, preprocess, labels, target_block, spec
+      RunOptions: batch_size (16), engine (auto | openvino | pytorch), precision (f32), memory_budget_mb,
+        num_workers, max_image_pixels (100 megapixels)
+      AlgorithmOptions: cls_token, use_fast_path (ViT), feature_level, score_threshold, map_size (detectors)
+    engine "auto" (default, or $XAIFAST_ENGINE): OpenVINO on CPU for CNN classifiers given as an
+    nn.Module (recipro_cam / activationmap / eigencam), PyTorch otherwise.
     """
+    from .stages.sources import is_path_input, list_sources
+
     config = config or ExplainConfig()
-    adapter = as_adapter(model, target_layer=target_layer, backbone=backbone, head=head,
-                         preprocess=preprocess, labels=labels, algorithm=config.algorithm, target_block=target_block,
-                         spec=spec)
-    adapter = select_engine(adapter, engine, precision, config, data)
-    return ExplainRun(adapter, data, config, batch_size, memory_budget_mb,
-                      vit_options=dict(cls_token=cls_token, use_fast_path=use_fast_path),
-                      detection_options=dict(feature_level=feature_level, score_threshold=score_threshold,
-                                             map_size=map_size))
+    if is_path_input(data):
+        data = SourceList(list_sources(data))  # listed once (the engine's choice counts the images)
+    m, r, a = _group_options(dict(options))
+    m, r, a = model_options or m, run_options or r, algorithm_options or a
+    engine = make_engine(model, config, engine=r.engine, precision=r.precision, data=data,
+                         target_layer=m.target_layer, backbone=m.backbone, head=m.head, preprocess=m.preprocess,
+                         labels=m.labels, target_block=m.target_block, spec=m.spec)
+    return ExplainRun(engine, data, config, r, a, **(_run_kwargs or {}))
 
 
-def saliency_maps(model, images, algorithm: str = "auto", *, target_layer: Optional[str] = None,
-                  backbone: Optional[Callable] = None, head: Optional[Callable] = None, mask: str = "auto",
-                  score: str = "softmax", preprocess: Optional[Preprocess] = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE, memory_budget_mb: Optional[float] = None,
-                  target_block: int = 1, cls_token: bool = True, use_fast_path: bool = True, spec=None,
-                  feature_level: int = -1, score_threshold: Optional[float] = None,
-                  map_size: Optional[Tuple[int, int]] = None, engine: Optional[str] = None,
-                  precision: str = "f32") -> torch.Tensor:
-    """Raw float32 saliency maps [B, K, h, w] (K = 1 for class-agnostic algorithms).
-    mask "auto": 1x1 for CNNs, gaussian for transformers (as OTX)."""
-    group = TargetExplainGroup.ALL
-    config = ExplainConfig(target_explain_group=group, algorithm=algorithm, mask=mask, score=score)
-    run = explain(model, images, config, target_layer=target_layer, backbone=backbone, head=head,
-                  preprocess=preprocess, batch_size=batch_size, memory_budget_mb=memory_budget_mb,
-                  target_block=target_block, cls_token=cls_token, use_fast_path=use_fast_path, spec=spec,
-                  feature_level=feature_level, score_threshold=score_threshold, map_size=map_size,
-                  engine=engine, precision=precision)
-    if isinstance(run.adapter, OpenVINOEngine):  # raw maps from the OpenVINO engine's graph
-        return run.adapter.saliency_maps(run, _batches(run._samples, batch_size, run.failures))
-    if isinstance(run.adapter, OpenVINOAdapter) and run.algorithm not in ("activationmap", "eigencam"):
-        raise XaifastError("an exported model carries normalized uint8 maps, not raw ones: use "
-                           "xaifast.explain(path, data) for them, or saliency_maps on the PyTorch model")
-    raws = []
-    for batch in _batches(run._samples, batch_size, run.failures):
-        x = torch.stack([s.tensor for s in batch])
-        if isinstance(run.adapter, DetectionAdapter):
-            from .engines.detection_run import detection_saliency
-
-            raws.append(detection_saliency(run, run.adapter.forward(x), x.shape[2:]).raw)
-            continue
-        feature, _ = run.adapter.forward(x)
-        raws.append(run.saliency(feature, normalize_maps=False).raw)
-    if run.failures:
-        warnings.warn(f"{len(run.failures)} input(s) could not be read and were skipped", stacklevel=2)
-    if not raws:
-        raise DataError("no input could be explained")
-    return torch.cat(raws)
+def saliency_maps(model, images, algorithm: str = "auto", *, mask: str = "auto", score: str = "softmax",
+                  **options) -> torch.Tensor:
+    """Raw float32 saliency maps [B, K, h, w] (K = 1 for class-agnostic algorithms) of `images`
+    (anything `explain` takes as data); options as `explain`'s. mask "auto": 1x1 for CNNs,
+    gaussian for transformers (as OTX)."""
+    config = ExplainConfig(target_explain_group=TargetExplainGroup.ALL, algorithm=algorithm, mask=mask, score=score)
+    return explain(model, images, config, _run_kwargs=dict(normalize=False), **options).raw_maps()

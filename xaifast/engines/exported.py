@@ -8,6 +8,7 @@ metadata `xaifast.export` recorded. Class-agnostic maps for the IMAGE group are 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from ..algorithms.base import SaliencyResult
+from .base import BatchResult, Engine, Request, classifier_predictions
 from ..data import Preprocess
 from ..errors import XaifastError
 from ..adapters.base import ModelAdapter
@@ -110,6 +112,27 @@ class OpenVINOAdapter(ModelAdapter):
                                      "maps. Re-export with that algorithm, or use auto")
         maps = torch.from_numpy(out["saliency_map"].copy())
         return logits, SaliencyResult(raw=None, normalized=maps, class_agnostic=self.algorithm == "activationmap")
+
+
+class ExportedEngine(Engine):
+    """The engine of an exported model: one inference gives the logits and the exported maps."""
+
+    def __init__(self, adapter: OpenVINOAdapter):
+        self.adapter = adapter
+
+    def resolve(self, request: Request) -> Request:
+        if request.algorithm in ("activationmap", "eigencam"):
+            return request
+        return replace(request, algorithm=self.adapter.algorithm)  # what the exported graph computes
+
+    def check(self, request: Request) -> None:
+        if not request.normalize and request.algorithm not in ("activationmap", "eigencam"):
+            raise ExportedModelError("an exported model carries normalized uint8 maps, not raw ones: use "
+                                     "xaifast.explain(path, data) for them, or saliency_maps on the PyTorch model")
+
+    def explain_batch(self, x: torch.Tensor, request: Request) -> BatchResult:
+        logits, maps = self.adapter.explain_batch(x, request.algorithm)
+        return BatchResult(maps, classifier_predictions(logits, request), int(logits.shape[1]))
 
 
 def _static_size(model) -> List[int]:

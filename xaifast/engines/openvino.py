@@ -47,7 +47,7 @@ from torch import nn
 
 from ..algorithms.base import SaliencyResult
 from ..errors import XaifastError
-from ..adapters.base import ModelAdapter
+from .base import BatchResult, Engine, Request, classifier_predictions
 from .exported import PRECISIONS
 
 ENGINES = ("auto", "openvino", "pytorch")
@@ -130,13 +130,13 @@ def unsupported_reason(adapter, config) -> Optional[str]:
 
 def image_count(data) -> Optional[int]:
     """How many images `data` holds, when that is cheap to know (None: unknown)."""
-    from ..data import is_file_input, list_image_files
+    from ..stages.sources import SourceItem
 
     try:
         if isinstance(data, (torch.Tensor, np.ndarray)):
             return 1 if data.ndim == 3 else int(data.shape[0])
-        if is_file_input(data):
-            return len(list_image_files(data))
+        if isinstance(data, (list, tuple)) and data and isinstance(data[0], SourceItem):
+            return len(data)
         if isinstance(data, (list, tuple)) and all(isinstance(d, (torch.Tensor, np.ndarray)) for d in data):
             return sum(1 if d.ndim == 3 else int(d.shape[0]) for d in data)
         dataset = getattr(data, "dataset", None)
@@ -352,34 +352,23 @@ class _Job:
     x: np.ndarray  # kept alive while OpenVINO reads it (inputs are shared, not copied)
 
 
-class OpenVINOEngine(ModelAdapter):
+class OpenVINOEngine(Engine):
     """A PyTorch classifier (CNN or transformer adapter) run by OpenVINO; see the module doc.
+    `stream` runs batches through the compiled model; batches it cannot run (a failed conversion
+    under auto) run on the PyTorch engine."""
 
-    Everything the pipeline asks of an adapter (kind, preprocess, labels, target, head, rest,
-    forward) is the wrapped adapter's; `stream` runs batches through the compiled model."""
+    busy_cores = True
 
     def __init__(self, adapter, *, precision: str = "f32", explicit: bool = True,
                  expected_images: Optional[int] = None):
-        self.inner = adapter
-        self.kind = adapter.kind
+        from .pytorch import PyTorchEngine
+
+        self.inner = self.adapter = adapter
+        self.fallback = PyTorchEngine(adapter)
         self.precision = precision
         self.explicit = explicit
         self.expected_images = expected_images
         self.fallback_reason: Optional[str] = None  # set when auto fell back to PyTorch
-
-    def __getattr__(self, name):
-        inner = self.__dict__.get("inner")
-        if inner is None:
-            raise AttributeError(name)
-        return getattr(inner, name)
-
-    @property
-    def preprocess(self):
-        return self.inner.preprocess
-
-    @property
-    def labels(self):
-        return self.inner.labels
 
     @property
     def device(self) -> torch.device:
@@ -397,7 +386,7 @@ class OpenVINOEngine(ModelAdapter):
         vit = self.kind == "transformer"
         return (CACHE_FORMAT, _versions(), self.kind, architecture_digest(model), weights_digest(model),
                 tuple(int(s) for s in shape),
-                graph_algorithm, keep, run.mask if class_wise else None, run.config.score if class_wise else None,
+                graph_algorithm, keep, run.mask if class_wise else None, run.score if class_wise else None,
                 getattr(self.inner, "target_layer", None), getattr(self.inner, "target_block", None) if vit else None,
                 bool(run.vit_options.get("cls_token", True)) if vit and class_wise else None)
 
@@ -425,14 +414,14 @@ class OpenVINOEngine(ModelAdapter):
         example = self._example(x)
         feature, logits = inner.forward(example)
         if self.kind == "transformer":
-            graph = ViTExplainGraph(inner, feature.grid, feature.num_aux, graph_algorithm, run.mask, run.config.score,
+            graph = ViTExplainGraph(inner, feature.grid, feature.num_aux, graph_algorithm, run.mask, run.score,
                                     bool(run.vit_options.get("cls_token", True)), raw_maps=True)
             cells, tokens, dim = feature.grid[0] * feature.grid[1], feature.tokens.shape[1], feature.tokens.shape[2]
             per_image = cells * tokens * dim * 4 * 12  # masked token sets and their activations
         else:
             head = inner.head(feature) if graph_algorithm == "recipro_cam" else Head(full=None)
             graph = ExplainGraph(inner.model, inner.target.name, inner.target.call_index, head, tuple(feature.shape),
-                                 graph_algorithm, run.mask, run.config.score, raw_maps=True)
+                                 graph_algorithm, run.mask, run.score, raw_maps=True)
             per_image = 0
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         with torch.no_grad():
@@ -459,7 +448,7 @@ class OpenVINOEngine(ModelAdapter):
             else:
                 from ..algorithms import recipro_cam
 
-                ref = recipro_cam(feature, self.inner.head(feature), run.mask, run.config.score).raw.numpy()
+                ref = recipro_cam(feature, self.inner.head(feature), run.mask, run.score).raw.numpy()
                 checks.append(("Recipro-CAM maps", got[1], ref))
         for what, a, b in checks:
             if a.shape != b.shape:
@@ -597,12 +586,15 @@ class OpenVINOEngine(ModelAdapter):
                 return None
         return entries[shape]
 
-    def _pytorch(self, x: np.ndarray, run, normalize: bool):
-        feature, logits = self.inner.forward(torch.from_numpy(x))
-        return logits, run.saliency(feature, normalize_maps=normalize)
+    def _pytorch(self, x: np.ndarray, run: Request) -> BatchResult:
+        return self.fallback.explain_batch(torch.from_numpy(x), run)
 
-    def _finish(self, outputs: List[list], names: List[str], run, normalize: bool, views: bool):
-        """(logits, SaliencyResult) from the outputs of a batch's requests. views=True: the arrays
+    def explain_batch(self, x: torch.Tensor, request: Request) -> BatchResult:
+        ((_, result),) = list(self.stream([_Tensor(x)], request))
+        return result
+
+    def _finish(self, outputs: List[list], names: List[str], run: Request, views: bool) -> BatchResult:
+        """The BatchResult from the outputs of a batch's requests. views=True: the arrays
         are the request's own buffers (copied or read here, before the request is reused)."""
         if len(outputs) > 1:
             parts, views = [np.concatenate(o) for o in zip(*outputs)], False
@@ -610,20 +602,23 @@ class OpenVINOEngine(ModelAdapter):
             parts = outputs[0]
         own = (lambda a: a.copy()) if views else (lambda a: a)  # noqa: E731
         logits = torch.from_numpy(own(parts[0]))
+        predictions = classifier_predictions(logits, run)
         if names[1] == "feature_map":
             from ..algorithms import explain_eigen_cam
 
-            return logits, explain_eigen_cam(torch.from_numpy(own(parts[1])))
+            return BatchResult(explain_eigen_cam(torch.from_numpy(own(parts[1]))), predictions, logits.shape[1])
         class_agnostic = run.algorithm == "activationmap"
-        if normalize:  # uint8 straight from the output buffer; one thread: OpenVINO's threads are busy
+        if run.normalize:  # uint8 straight from the output buffer; one thread: OpenVINO's threads are busy
             from ..functional import normalize as normalize_maps
 
             u8 = torch.from_numpy(normalize_maps(parts[1], num_threads=1))
-            return logits, SaliencyResult(raw=None, normalized=u8, class_agnostic=class_agnostic)
-        return logits, SaliencyResult(raw=torch.from_numpy(own(parts[1])), class_agnostic=class_agnostic)
+            maps = SaliencyResult(raw=None, normalized=u8, class_agnostic=class_agnostic)
+        else:
+            maps = SaliencyResult(raw=torch.from_numpy(own(parts[1])), class_agnostic=class_agnostic)
+        return BatchResult(maps, predictions, int(logits.shape[1]))
 
-    def stream(self, batches, run, normalize: bool = True) -> Iterator[Tuple[list, Tuple[torch.Tensor, SaliencyResult]]]:
-        """(batch, (logits, SaliencyResult with raw maps)) for every batch of `batches`, in order.
+    def stream(self, batches, run: Request) -> Iterator[Tuple[list, BatchResult]]:
+        """(batch, BatchResult) for every batch of `batches`, in order.
 
         A reader thread stacks the next batches (decoding files on the data pool) while up to
         `depth` inference requests run; the caller works on batch n while OpenVINO computes the
@@ -641,10 +636,10 @@ class OpenVINOEngine(ModelAdapter):
             out = [job.request.get_output_tensor(i).data for i in range(len(names))]
             try:
                 if job.parts == 1:  # the usual case: read the request's buffers in place
-                    return job.batch, self._finish([out], names, run, normalize, views=True)
+                    return job.batch, self._finish([out], names, run, views=True)
                 outputs_of.setdefault(id(job.batch), []).append([a.copy() for a in out])
                 if job.part == job.parts - 1:
-                    return job.batch, self._finish(outputs_of.pop(id(job.batch)), names, run, normalize, views=False)
+                    return job.batch, self._finish(outputs_of.pop(id(job.batch)), names, run, views=False)
                 return None
             finally:
                 free[id(job.entry)].append(job.request)
@@ -657,7 +652,7 @@ class OpenVINOEngine(ModelAdapter):
                         done = collect()
                         if done is not None:
                             yield done
-                    yield batch, self._pytorch(x, run, normalize)
+                    yield batch, self._pytorch(x, run)
                     continue
                 pool = free.get(id(entry))
                 if pool is None:
@@ -684,21 +679,22 @@ class OpenVINOEngine(ModelAdapter):
                     pass
             source.close()
 
-    def saliency_maps(self, run, batches) -> torch.Tensor:
-        """Raw float32 maps [B, K, h, w] of every batch (`xaifast.saliency_maps`)."""
-        from ..errors import DataError
-
-        raws = [result.raw for _, (_, result) in self.stream(batches, run, normalize=False)]
-        if run.failures:
-            warnings.warn(f"{len(run.failures)} input(s) could not be read and were skipped", stacklevel=3)
-        if not raws:
-            raise DataError("no input could be explained")
-        return torch.cat(raws)
-
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
+
+
+class _Tensor(list):
+    """A batch given as one tensor [B, ...] (explain_batch): its rows are the samples."""
+
+    def __init__(self, x: torch.Tensor):
+        super().__init__(_Row(row) for row in x)
+
+
+class _Row:
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
 
 
 class _Raised:

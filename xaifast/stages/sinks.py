@@ -1,0 +1,111 @@
+"""Sinks: where a run's finished images go. Every sink has `write(explanation) -> files` and
+`close()`; the job calls them from its worker threads (one image per call, any order), so a sink
+keeps no state that depends on the order of images.
+
+- `FolderSink`: OTX's files, `<run>/explain/saliency_maps/<rel dir>/<stem>_class_<k>_saliency_map.png`
+  and `..._overlay.png` (`_image_` for class-agnostic maps), PNG or JPEG (`.jpg`, quality 90),
+  each written under a temporary name and renamed: no file ever holds a final name half-written.
+- `CallbackSink`: a user's function gets every `Explanation`.
+- `NullSink`: nothing (`--dump False`).
+
+Sinks never render: they take the pixels the render stage makes (`Explanation.files()`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Sequence
+
+from ..errors import XaifastError
+from .encode import encode, write_atomic
+
+DUMP_FORMATS = ("png", "jpg")
+EXTENSIONS = {"png": ".png", "jpg": ".jpg"}
+
+
+def check_dump_format(fmt: str) -> str:
+    name = str(fmt).lower().lstrip(".")
+    name = "jpg" if name == "jpeg" else name
+    if name not in DUMP_FORMATS + ("zarr",):
+        raise XaifastError(f"unknown dump format {fmt!r}; use png (OTX's files), jpg (smaller, faster to write)")
+    if name == "zarr":
+        raise XaifastError("--dump_format zarr (a compact result store) is not available yet; use png or jpg")
+    return name
+
+
+def output_names(rels: Sequence[str]) -> Dict[str, str]:
+    """{rel path: output stem path}: `<rel dir>/<stem>`, so that files of different folders never
+    collide; two files of one folder with one stem (x.jpg, x.png) get their extension in the name
+    (x_jpg, x_png), whatever their order. A flat folder gives OTX's names."""
+    by_stem: Dict[str, List[str]] = {}
+    for rel in rels:
+        p = Path(rel)
+        by_stem.setdefault((p.parent / p.stem).as_posix(), []).append(rel)
+    names = {}
+    for stem, group in by_stem.items():
+        if len(group) == 1:
+            names[group[0]] = stem
+        else:
+            for rel in group:
+                suffix = Path(rel).suffix.lstrip(".").lower() or "noext"
+                names[rel] = f"{stem}_{suffix}"
+    if len(set(names.values())) != len(names):  # x.JPG and x.jpg: fall back to the full name
+        names = {rel: Path(rel).as_posix().replace(".", "_") for rel in rels}
+    return names
+
+
+def file_tag(key) -> str:
+    return "image" if key == "image" else f"class_{key}"
+
+
+class FolderSink:
+    """OTX's PNG (or JPEG) files under `<run_dir>/explain/saliency_maps/`."""
+
+    def __init__(self, run_dir, fmt: str = "png", quality: int = 90):
+        self.run_dir = Path(run_dir)
+        self.maps_dir = self.run_dir / "explain" / "saliency_maps"
+        self.maps_dir.mkdir(parents=True, exist_ok=True)
+        self.fmt = check_dump_format(fmt)
+        self.ext = EXTENSIONS[self.fmt]
+        self.quality = quality
+
+    def paths(self, name: str, items: Iterable) -> List[Path]:
+        return [self.maps_dir / f"{name}_{file_tag(key)}_{kind}{self.ext}" for key, kind in items]
+
+    def write(self, ex) -> List[str]:
+        written = []
+        for key, kind, pixels in ex.files():
+            path = self.maps_dir / f"{ex.name}_{file_tag(key)}_{kind}{self.ext}"
+            write_atomic(path, encode(pixels, self.fmt))
+            written.append(path.relative_to(self.run_dir).as_posix())
+        return written
+
+    def close(self) -> None:
+        pass
+
+
+class CallbackSink:
+    """Hands every Explanation to `fn` (from the job's worker threads)."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def write(self, ex) -> List[str]:
+        self.fn(ex)
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class NullSink:
+    def write(self, ex) -> List[str]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def files_exist(run_dir, files: Sequence[str]) -> bool:
+    """A journaled image's files are all there (a resumed run trusts the journal line only then)."""
+    return all(os.path.isfile(os.path.join(run_dir, f)) for f in files)
