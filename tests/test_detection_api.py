@@ -228,8 +228,12 @@ def test_overlays_show_boxes_in_image_coordinates(tmp_path, rng):
     assert boxes[:, 2].max() == pytest.approx(120) and boxes[:, 3].max() == pytest.approx(90)  # image pixels
     assert ex.overlay[0].shape == (90, 120, 3)
     assert (ex.overlay[0] == np.array(class_color(0), np.uint8)).all(-1).sum() > 100  # boxes drawn
-    det = Detections(boxes[:1], ex.prediction["scores"][:1], ex.prediction["labels"][:1])
+    n = int(np.argmax(boxes[:, 3] - boxes[:, 1]))  # the tallest box: its label cannot cover its left edge's middle
+    det = Detections(boxes[n:n + 1], ex.prediction["scores"][n:n + 1], ex.prediction["labels"][n:n + 1])
     drawn = draw_predictions(np.zeros((90, 120, 3), np.uint8), det, ["thing"], 0)
-    x1, y1, x2, y2 = (int(round(float(v))) for v in boxes[0])
-    assert tuple(drawn[y2, x2]) == class_color(0)  # the far corner of the box is on the outline
+    x1, y1, x2, y2 = (int(round(float(v))) for v in boxes[n])
+    row = min(y2, 89) - 1  # below the label (drawn at the box's top), on the box's left edge
+    assert row - y1 > 16
+    assert tuple(drawn[row, x1]) == class_color(0)  # the left edge, in the image's pixels, is drawn
+    assert not drawn[row, x1 + 2:min(x2, 119) - 2].any()  # and nothing inside the box on that row
     assert not draw_predictions(np.zeros((90, 120, 3), np.uint8), det, None, only_class=1).any()
