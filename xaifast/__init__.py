@@ -14,11 +14,13 @@ from .explanation import Explanation
 from .adapters.detection import DetectorSpec, InstanceSegmentationSpec
 from .pipeline import AlgorithmOptions, ExplainRun, ModelOptions, RunOptions, explain, saliency_maps
 from .exporter import export
+from .otx_engine import Engine
+from .reader import Run, open_run
 from .postprocess import postprocess
 
 __version__ = "0.1.0"
 
-__all__ = ["explain", "saliency_maps", "postprocess", "export", "functional", "ExplainConfig", "TargetExplainGroup",
+__all__ = ["Engine", "open_run", "Run", "explain", "saliency_maps", "postprocess", "export", "functional", "ExplainConfig", "TargetExplainGroup",
            "Explanation", "ExplainRun", "ModelOptions", "RunOptions", "AlgorithmOptions", "DetectorSpec", "InstanceSegmentationSpec", "Preprocess", "read_image",
            "XaifastError", "ClassIndexError",
            "DataError", "ImageReadError", "ModelSplitError", "TargetLayerError", "__version__"]

@@ -14,7 +14,11 @@ from typing import List, Optional
 
 from jsonargparse import ArgumentParser
 
+from pathlib import Path
+
 from . import __version__
+
+DEFAULT_WORK_DIR = "xaifast-workspace"
 
 ALGORITHMS = ["auto", "classwisesaliencymap", "recipro_cam", "vit_recipro_cam", "det_class_probability_map", "instseg",
               "activationmap", "eigencam"]
@@ -36,11 +40,15 @@ def _explain_parser() -> ArgumentParser:
                    help="a folder of images (walked recursively; class folders give the ground truth), a COCO "
                         "dataset folder (annotations/*.json beside images/) or its json, a text file of image "
                         "paths (one per line, relative to the file), or one image file")
-    p.add_argument("--work_dir", type=str, default="xaifast-workspace",
-                   help="where run folders are written; <work_dir>/.latest points at the newest")
+    p.add_argument("--work_dir", type=Optional[str], default=None,
+                   help="where run folders are written (default xaifast-workspace); <work_dir>/.latest points at the "
+                        "newest. Given alone, explains the newest model of that work dir (its last exported model, "
+                        "or the recipe and checkpoint a run recorded) on the data that run used, as otx explain does")
     p.add_argument("--dump", type=bool, default=True, help="write saliency maps and overlays as image files")
     p.add_argument("--dump_format", type=str, default="png",
-                   help="png (OTX's files) | jpg (the same names with .jpg, quality 90: faster to write, smaller)")
+                   help="png (OTX's files) | jpg (the same names with .jpg, quality 90: faster to write, smaller) | zarr "
+                        "(every low-resolution map in explain/maps.zarr and one row per image in explain/index.parquet; "
+                        "`xaifast render` writes the PNG files later)")
     p.add_argument("--resume", type=Optional[str], default=None,
                    help="True: continue the newest run of --work_dir (images it finished are skipped); or the "
                         "run folder to continue. Use the flags of the interrupted run")
@@ -59,7 +67,7 @@ def _explain_parser() -> ArgumentParser:
     p.add_argument("--explain_config.mask", type=str, default="auto",
                    help="Recipro-CAM mask: auto (as OTX: 1x1 for CNNs, gaussian for ViTs) | 1x1 | gaussian")
     p.add_argument("--explain_config.score", type=Optional[str], default=None,
-                   help="softmax | sigmoid | none (default: the recipe's)")
+                   help="auto | softmax | sigmoid | none (default: the recipe's, else auto: raw logits for Recipro-CAM as OTX 2.x, softmax for DetClassProbabilityMap)")
     p.add_argument("--explain_algorithm", "--explain-algorithm", type=str, default="auto",
                    help=f"{' | '.join(ALGORITHMS)} (classwisesaliencymap / auto: by model type: recipro_cam "
                         "for CNNs, vit_recipro_cam for transformers, det_class_probability_map for detectors, "
@@ -95,9 +103,23 @@ def _export_parser() -> ArgumentParser:
     p.add_argument("--explain_config.target_explain_group", type=str, default="ALL",
                    help="recorded in the model's metadata (the default group when explaining it)")
     p.add_argument("--explain_config.mask", type=str, default="auto", help="Recipro-CAM mask: auto (1x1) | 1x1 | gaussian")
-    p.add_argument("--explain_config.score", type=Optional[str], default=None, help="softmax | sigmoid | none")
+    p.add_argument("--explain_config.score", type=Optional[str], default=None, help="auto | softmax | sigmoid | none (auto: raw logits, as OTX 2.x)")
     p.add_argument("--explain_algorithm", "--explain-algorithm", type=str, default="auto",
                    help="auto | classwisesaliencymap | recipro_cam | activationmap")
+    return p
+
+
+def _render_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Write OTX's saliency-map and overlay files of a run after the fact (a zarr run "
+                       "keeps only the low-resolution maps): the files the PNG run would have written, under --out "
+                       "with the data's folders. The source images must be where the run read them.")
+    p.add_argument("run", type=str, help="a run folder, <work_dir>/.latest, or a work dir (its newest run)")
+    p.add_argument("--out", type=str, required=True, help="folder to write the files to")
+    p.add_argument("--classes", type=Optional[List[str]], default=None,
+                   help="only these classes (indices, or 'image' for class-agnostic maps), e.g. '[285, 967]'")
+    p.add_argument("--images", type=Optional[List[str]], default=None,
+                   help="only these images (paths relative to the data root, or positions), e.g. '[a/x.jpg]'")
+    p.add_argument("--format", type=str, default="png", help="png | jpg")
     return p
 
 
@@ -108,6 +130,7 @@ def build_parser() -> ArgumentParser:
     sub = parser.add_subcommands(dest="command")
     sub.add_subcommand("explain", _explain_parser(), help="explain a model on images (maps, overlays, index)")
     sub.add_subcommand("export", _export_parser(), help="export a model (OpenVINO IR or ONNX), with explain outputs")
+    sub.add_subcommand("render", _render_parser(), help="write a run's map and overlay files (e.g. of a zarr run)")
     return parser
 
 
@@ -118,6 +141,9 @@ def _explain(a) -> int:
     from .engines.exported import is_exported_model
     from .recipe import load_recipe
 
+    if a.work_dir is not None and a.config is None and a.checkpoint is None:
+        _newest_model_of(a)  # `xaifast explain --work_dir W`: the newest model of W
+    a.work_dir = a.work_dir or DEFAULT_WORK_DIR
     exported = a.checkpoint is not None and is_exported_model(a.checkpoint)
     embedded = a.config is None and a.data_root is None and not exported
     if (a.config is not None or exported) and a.data_root is None:
@@ -131,15 +157,21 @@ def _explain(a) -> int:
         group = "CUSTOM"
     classes = [int(c) if str(c).lstrip("-").isdigit() else c for c in ec.target_classes] if ec.target_classes else None
     postprocess = ec.postprocess if ec.postprocess is not None else embedded
-    score = ec.score or (recipe.score if recipe else "softmax")
+    score = ec.score or (recipe.score if recipe else "auto")
     config = ExplainConfig(target_explain_group=group, target_classes=classes, postprocess=postprocess,
                            algorithm=a.explain_algorithm, mask=ec.mask, score=score)
     data = demo_photos() if embedded else a.data_root
     if exported:
-        model, settings = a.checkpoint, {"model": a.checkpoint, "precision": a.precision}
+        model, settings = a.checkpoint, {"model": str(Path(a.checkpoint).resolve()), "precision": a.precision}
     else:
-        model = recipe.build(a.checkpoint).to(a.device)
-        settings = {"recipe": recipe.name, "checkpoint": a.checkpoint or recipe.checkpoint}
+        from .distributed import Dist
+
+        model = recipe.build(a.checkpoint).to(Dist.from_env().device(a.device))  # torchrun: this rank's GPU
+        source = str(Path(recipe.source).resolve()) if Path(recipe.source).is_file() else recipe.source
+        checkpoint = a.checkpoint or recipe.checkpoint
+        settings = {"recipe": source, "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None}
+    if not embedded:
+        settings["data_root"] = str(Path(a.data_root).resolve())
     summary = run_explain_job(
         model, data, config, work_dir=a.work_dir, dump=a.dump, dump_format=a.dump_format, resume=_resume(a.resume),
         num_workers=a.num_workers, max_image_pixels=a.max_image_pixels, settings=settings, batch_size=a.batch_size,
@@ -148,6 +180,43 @@ def _explain(a) -> int:
         target_layer=recipe.target_layer if recipe else None,
         explain_options=_detection_options(recipe, model, a))
     return 0 if summary.images > 0 else 1
+
+
+def _newest_model_of(a) -> None:
+    """Fill a.config / a.checkpoint / a.data_root from the newest model of a.work_dir: its newest
+    exported_model.xml / .onnx, or the recipe and checkpoint its newest explain run recorded."""
+    import json
+
+    work = Path(a.work_dir)
+    if not work.is_dir():
+        return  # a new work dir: the embedded default writes there
+    found = []  # (mtime, kind, value)
+    for path in list(work.glob("*/exported_model.xml")) + list(work.glob("*/exported_model.onnx")):
+        found.append((path.stat().st_mtime, "exported", str(path)))
+    runs = []
+    for path in work.glob("*/explain/run.json"):
+        try:
+            settings = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        runs.append((path.stat().st_mtime, settings))
+        if settings.get("recipe") and settings.get("data_root"):  # (runs of the embedded default have no data)
+            found.append((path.stat().st_mtime, "recipe", settings))
+    if not found:
+        return
+    _, kind, value = max(found, key=lambda f: f[0])
+    if kind == "exported":
+        a.checkpoint = value
+        what = f"the exported model {value}"
+    else:
+        a.config, a.checkpoint = value["recipe"], value.get("checkpoint")
+        what = f"recipe {value['recipe']}" + (f" with checkpoint {a.checkpoint}" if a.checkpoint else "")
+    if a.data_root is None:
+        data = [s.get("data_root") for _, s in sorted(runs, key=lambda r: r[0], reverse=True) if s.get("data_root")]
+        if not data:
+            raise _Usage(f"--work_dir {work}: found {what}, but no run of it recorded its data; add --data_root")
+        a.data_root = data[0]
+    print(f"xaifast: explaining {what} (the newest model in {work}) on {a.data_root}", file=sys.stderr)
 
 
 def _resume(value: Optional[str]):
@@ -195,6 +264,20 @@ def _export(a) -> int:
     return 0
 
 
+def _render(a) -> int:
+    from .reader import open_run
+    from .stages.sinks import check_dump_format
+
+    fmt = check_dump_format(a.format)
+    if fmt == "zarr":
+        raise _Usage("--format must be png or jpg")
+    run = open_run(a.run)
+    images = [int(i) if str(i).lstrip("-").isdigit() else i for i in a.images] if a.images else None
+    count = run.write_files(a.out, classes=a.classes, images=images, fmt=fmt)
+    print(f"rendered {count} files of {run.path} -> {a.out}")
+    return 0 if count else 1
+
+
 class _Usage(Exception):
     pass
 
@@ -210,6 +293,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "export":
             return _export(args.export)
+        if args.command == "render":
+            return _render(args.render)
         return _explain(args.explain)
     except (XaifastError, _Usage) as exc:
         print(f"xaifast: error: {exc}", file=sys.stderr)

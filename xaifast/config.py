@@ -36,7 +36,7 @@ class TargetExplainGroup(str, Enum):
                            "or pass a list of class indices / label names")
 
 
-SCORES = ("softmax", "sigmoid", "none")
+SCORES = ("auto", "softmax", "sigmoid", "none")
 MASKS = ("1x1", "gaussian")
 
 
@@ -53,7 +53,11 @@ class ExplainConfig:
         "eigencam".
     mask: Recipro-CAM spatial mask, "1x1" or "gaussian" (3x3); "auto" (default) picks OTX's choice
         for the model type: 1x1 for CNNs, gaussian for transformers (ViT Recipro-CAM).
-    score: "softmax" (multiclass), "sigmoid" (multilabel) or "none" (raw logits).
+    score: how the class maps score the masked inputs: "auto" (default: raw logits, "none", for
+        Recipro-CAM and ViT Recipro-CAM as OTX 2.x and OpenVINO XAI; softmax over classes for
+        DetClassProbabilityMap), "softmax", "sigmoid" (multilabel models: also makes PREDICTIONS
+        the classes with sigmoid >= 0.5) or "none". Predictions are scored with softmax (sigmoid
+        for multilabel) whatever the maps use.
     alpha: overlay weight of the heat map.
     """
 
@@ -62,7 +66,7 @@ class ExplainConfig:
     target_classes: Sequence[ClassRef] | None = None
     algorithm: str = "auto"
     mask: str = "auto"
-    score: str = "softmax"
+    score: str = "auto"
     alpha: float = 0.5
     extras: dict = field(default_factory=dict, repr=False)
 
@@ -85,6 +89,14 @@ class ExplainConfig:
     @property
     def multilabel(self) -> bool:
         return self.score == "sigmoid"
+
+
+def resolve_score(score: str, algorithm: str) -> str:
+    """The score an algorithm uses for "auto": softmax for DetClassProbabilityMap (its softmax over
+    classes), raw logits ("none") for Recipro-CAM and ViT Recipro-CAM (OTX 2.x, OpenVINO XAI 1.1)."""
+    if score != "auto":
+        return score
+    return "softmax" if algorithm == "det_class_probability_map" else "none"
 
 
 def normalize_mask_name(mask: str) -> str:

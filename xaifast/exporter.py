@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .config import ExplainConfig, normalize_mask_name
+from .config import ExplainConfig, normalize_mask_name, resolve_score
 from .data import Preprocess
 from .errors import XaifastError
 from .adapters.classifier import ClassifierAdapter
@@ -214,19 +214,20 @@ def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, co
         raise ExportError(f"{algorithm} cannot be exported inside the graph (it needs an SVD); export with "
                           "recipro_cam / vit_recipro_cam (classwisesaliencymap) or activationmap")
     mask = config.mask if config.mask != "auto" else ("gaussian" if kind == "transformer" else "1x1")  # as OTX
+    score = resolve_score(config.score, algorithm)
     x = example_input if example_input is not None else torch.randn(2, 3, *preprocess.input_size)
     if kind == "transformer":
         adapter = ViTAdapter(model, target_layer=target_layer, preprocess=preprocess, labels=labels)
         feature, logits = adapter.forward(x)
         target_name, feature_shape = adapter.target_name, list(feature.feature_map().shape[1:])
         graph = lambda: ViTExplainGraph(adapter, feature.grid, feature.num_aux, algorithm, mask,  # noqa: E731
-                                        config.score, cls_token)
+                                        score, cls_token)
     else:
         adapter = ClassifierAdapter(model, target_layer=target_layer, preprocess=preprocess, labels=labels)
         feature, logits = adapter.forward(x)
         target_name, feature_shape = adapter.target.name, list(feature.shape[1:])
         graph = lambda: ExplainGraph(model, adapter.target.name, adapter.target.call_index,  # noqa: E731
-                                     adapter.head(feature), tuple(feature.shape), algorithm, mask, config.score)
+                                     adapter.head(feature), tuple(feature.shape), algorithm, mask, score)
     if explain:
         module, names = graph().eval(), list(OUTPUTS)
     else:
@@ -234,7 +235,7 @@ def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, co
     metadata = {"explain": explain, "outputs": names, "model_type": kind,
                 "input_size": list(preprocess.input_size), "mean": list(preprocess.mean),
                 "std": list(preprocess.std), "labels": list(labels) if labels is not None else None,
-                "score": config.score, "num_classes": int(logits.shape[1])}
+                "score": score, "num_classes": int(logits.shape[1])}
     if explain:
         metadata.update(algorithm=algorithm, mask=mask, target_layer=target_name,
                         target_explain_group=config.target_explain_group.name, feature_shape=feature_shape)

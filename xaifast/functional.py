@@ -1,7 +1,7 @@
 """The algorithms as plain functions on tensors (CPU and CUDA dispatch inside).
 
     from xaifast import functional as XF
-    XF.recipro_cam(feature, head, mask="1x1", score="softmax")  # [B,C,H,W] -> [B,K,H,W]
+    XF.recipro_cam(feature, head, mask="1x1", score="none")  # [B,C,H,W] -> [B,K,H,W]
     XF.vit_recipro_cam(tokens, rest, grid=(H, W))               # [B,A+H*W,D] -> [B,K,H,W]
     XF.activation_map(feature); XF.eigen_cam(feature)           # [B,C,H,W] -> [B,H,W]
     XF.det_class_probability_map(levels, num_anchors)           # [B,A_l*K,H_l,W_l] per level -> [B,K,h,w]
@@ -24,7 +24,7 @@ from .config import normalize_mask_name
 Array = Union[np.ndarray, torch.Tensor]
 
 
-def recipro_cam(feature: torch.Tensor, head: Callable, mask: str = "1x1", score: str = "softmax", *,
+def recipro_cam(feature: torch.Tensor, head: Callable, mask: str = "1x1", score: str = "none", *,
                 memory_budget_mb: Optional[float] = None, chunk_size: Optional[int] = None,
                 use_gap_shortcut: bool = True) -> torch.Tensor:
     """Recipro-CAM raw maps [B, K, H, W] float32.
@@ -39,7 +39,7 @@ def recipro_cam(feature: torch.Tensor, head: Callable, mask: str = "1x1", score:
     return result.raw
 
 
-def vit_recipro_cam(tokens, rest: Callable, grid=None, mask: str = "gaussian", score: str = "softmax", *,
+def vit_recipro_cam(tokens, rest: Callable, grid=None, mask: str = "gaussian", score: str = "none", *,
                     num_aux: Optional[int] = None, cls_token: bool = True, use_fast_path: bool = True,
                     memory_budget_mb: Optional[float] = None, chunk_size: Optional[int] = None) -> torch.Tensor:
     """ViT Recipro-CAM raw maps [B, K, H, W] float32.

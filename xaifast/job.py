@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import sys
 import threading
+
+import numpy as np
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +29,8 @@ from .config import ExplainConfig
 from .errors import XaifastError
 from .pipeline import default_workers, explain
 from .rundir import SETTINGS_FILE, new_run_dir, point_latest, resume_target, write_json_atomic
-from .stages.journal import Journal, read_journal
+from .distributed import Dist
+from .stages.journal import Journal, read_journals
 from .stages.sinks import CallbackSink, FolderSink, NullSink, check_dump_format, files_exist
 
 
@@ -55,7 +58,8 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
                     explain_options: Optional[dict] = None, engine: Optional[str] = None) -> JobSummary:
     """model: an nn.Module, or the path of an exported .xml / .onnx model (run with OpenVINO).
     data: anything `xaifast.explain` takes. dump: write the maps and overlays (`dump_format` png |
-    jpg) under a new run folder of work_dir; sink: a function that gets every Explanation instead.
+    jpg) under a new run folder of work_dir; sink: a function that also gets every Explanation
+    (from the worker threads, in any order; after its files are written).
     resume: True (the newest run of work_dir) or a run folder: continue it. num_workers: threads
     of decoding and of rendering + writing (default: the machine's cores).
     engine: auto | openvino | pytorch (see `xaifast.explain`); precision: OpenVINO's.
@@ -68,12 +72,13 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
     fmt = check_dump_format(dump_format)
     settings = dict(settings or {}, algorithm=config.algorithm, target_explain_group=config.target_explain_group.name,
                     target_classes=list(config.target_classes or []), postprocess=config.postprocess,
-                    mask=config.mask, score=config.score, dump=bool(dump), dump_format=fmt, batch_size=batch_size,
+                    mask=config.mask, score=config.score, alpha=config.alpha, dump=bool(dump), dump_format=fmt,
+                    batch_size=batch_size,
                     max_image_pixels=max_image_pixels)
-    keeps_files = dump and sink is None
-    run_dir, done = _open_run(Path(work_dir), resume, settings) if keeps_files else (None, [])
-    journal = Journal(run_dir / "explain" / "index.jsonl") if run_dir is not None else None
-    target = FolderSink(run_dir, fmt) if keeps_files else CallbackSink(sink) if sink is not None else NullSink()
+    dist = Dist.from_env()
+    run_dir, done = _open_run(Path(work_dir), resume, settings, dist) if dump else (None, [])
+    journal = Journal(run_dir / "explain" / dist.journal_name()) if run_dir is not None else None
+    sinks = [_sink(run_dir, fmt, done, dist)] + ([CallbackSink(sink)] if sink is not None else [])
     bar = _progress(None, progress)
     report = _Reporter(out, bar)
 
@@ -89,27 +94,39 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
                   batch_size=batch_size, engine=engine, precision=precision, num_workers=workers,
                   max_image_pixels=max_image_pixels, **(explain_options or {}),
                   _run_kwargs=dict(skip={r["rel"] if r.get("rel") is not None else r["index"] for r in done},
-                                   on_skip=on_skip, warn=False))
+                                   on_skip=on_skip, warn=False, shard=(dist.rank, dist.world)))
     labels = labels if labels is not None else run.engine.labels
     settings["mask"] = run.mask  # "auto" resolved by model type
-    if run_dir is not None and not (run_dir / "explain" / SETTINGS_FILE).is_file():
+    if run_dir is not None and dist.rank == 0 and not (run_dir / "explain" / SETTINGS_FILE).is_file():
         write_json_atomic(run_dir / "explain" / SETTINGS_FILE, settings)
     if bar is not None and not bar.disable:
-        bar.reset(total=len(run.items) if run.items is not None else None)
+        bar.reset(total=_shard_size(run, dist))
         bar.update(len(done))
     counts = {"maps": 0, "files": 0}
     lock = threading.Lock()
 
     def finish(ex) -> None:
         ex.renderer.threads = 1  # one image per worker thread: the workers share the cores
-        files = target.write(ex)
-        if journal is not None:
-            journal.append(_record(ex, files, labels))
-        with lock:
-            counts["maps"] += len(ex.maps)
-            counts["files"] += len(files)
-        report.line(f"{ex.rel or Path(str(ex.source)).name}: {prediction_summary(ex, labels)}")
-        report.advance()
+        record = _record(ex, labels)  # what is kept of the image (not the image) until its output is stored
+        line = f"{ex.rel or Path(str(ex.source)).name}: {prediction_summary(ex, labels)}"
+        waiting = [len(sinks)]
+
+        def stored(fields: dict) -> None:  # each sink calls it once the image's output is on disk
+            with lock:
+                for key, value in fields.items():
+                    record[key] = record.get(key, []) + value if key == "files" else value
+                waiting[0] -= 1
+                if waiting[0]:
+                    return
+                counts["maps"] += len(record["targets"])
+                counts["files"] += len(record.get("files", ()))
+            if journal is not None:
+                journal.append(record)
+            report.line(line)
+            report.advance()
+
+        for target in sinks:
+            target.write(ex, stored)
 
     interrupted = False
     try:
@@ -118,16 +135,25 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
         interrupted = True
         raise
     finally:
+        for target in sinks:  # stores what they hold (journaling it), then the journal is closed
+            target.close()
         if journal is not None:
             journal.close()
         if bar is not None:
             bar.close()
-        target.close()
         if interrupted and run_dir is not None:
             print(f"xaifast: interrupted; finished images are kept: continue with --resume True "
                   f"(or --resume {run_dir})", file=sys.stderr)
-    if run_dir is not None:
+    if run_dir is not None and dist.enabled:
+        dist.finish(run_dir)
+        if dist.rank == 0:
+            dist.wait_for_all(run_dir, say=report.line)
+    if run_dir is not None and dist.rank == 0:  # every rank's journal, merged
         _write_index(run_dir, settings)
+        if fmt == "zarr":
+            from .stages.parquet_index import write_parquet_index
+
+            write_parquet_index(run_dir)
     summary = JobSummary(run.count, counts["maps"], counts["files"], list(run.failures),
                          time.perf_counter() - start, run_dir, resumed=len(done))
     print_summary(summary, work_dir, out)
@@ -162,13 +188,35 @@ def _drain(run, finish: Callable, workers: int) -> None:
         raise errors[0]
 
 
-def _open_run(work_dir: Path, resume, settings: dict):
-    """(run folder, journal records done) of a new run, or of the run `resume` names."""
+def _open_run(work_dir: Path, resume, settings: dict, dist: Dist = Dist()):
+    """(run folder, journal records done) of a new run, or of the run `resume` names. In a
+    multi-process run rank 0 makes or checks the folder and tells the other ranks."""
+    if dist.rank == 0:
+        try:
+            run_dir, error = _make_or_check_run(work_dir, resume, settings), None
+            if dist.enabled:
+                dist.clear_markers(run_dir)
+        except Exception as exc:  # the other ranks must not wait for a folder that will not come
+            run_dir, error = None, exc
+        told = dist.broadcast(str(run_dir) if error is None else f"error: {error}")
+        if error is not None:
+            raise error
+    else:
+        told = dist.broadcast(None)
+        if told.startswith("error: "):
+            raise XaifastError(told[len("error: "):])
+        run_dir = Path(told)
+    records = read_journals(run_dir / "explain")
+    done = [r for r in records if "failed" in r or files_exist(run_dir, r.get("files", []))]
+    return run_dir, done
+
+
+def _make_or_check_run(work_dir: Path, resume, settings: dict) -> Path:
     if resume in (None, False, "False", "false"):
         run_dir = new_run_dir(work_dir)
         (run_dir / "explain").mkdir()
         point_latest(work_dir, run_dir)
-        return run_dir, []
+        return run_dir
     run_dir = resume_target(work_dir, True if resume in (True, "True", "true") else resume)
     recorded = run_dir / "explain" / SETTINGS_FILE
     if recorded.is_file():
@@ -180,39 +228,61 @@ def _open_run(work_dir: Path, resume, settings: dict):
             what = ", ".join(f"{k}: {before[k]!r} then, {settings[k]!r} now" for k in changed)
             raise XaifastError(f"--resume {run_dir}: the run was started with other settings ({what}); "
                                "resume with the same flags, or start a new run")
-    records = read_journal(run_dir / "explain" / "index.jsonl")
-    done = [r for r in records if "failed" in r or files_exist(run_dir, r.get("files", []))]
     point_latest(run_dir.parent, run_dir)
-    return run_dir, done
+    return run_dir
+
+
+def _shard_size(run, dist: Dist) -> Optional[int]:
+    if run.items is None:
+        return None
+    from .pipeline import shard_range
+
+    first, last = shard_range(len(run.items), run.options.batch_size, dist.rank, dist.world)
+    return last - first
+
+
+def _sink(run_dir: Optional[Path], fmt: str, done: List[dict], dist: Dist):
+    """Where the run's images go: OTX's files (png / jpg), the zarr store, or nowhere (no dump)."""
+    if run_dir is None:
+        return NullSink()
+    if fmt == "zarr":
+        from .stages.zarr_store import ZarrSink
+
+        return ZarrSink(run_dir, done, suffix=dist.array_suffix())
+    return FolderSink(run_dir, fmt)
 
 
 def _rel(item) -> Optional[str]:
     return item.rel if item is not None else None
 
 
-def _record(ex, files: List[str], labels) -> dict:
-    """One image's line of the journal and entry of index.json."""
+def _record(ex, labels, top: int = 5) -> dict:
+    """One image's line of the journal and entry of index.json (the sinks add where its output is)."""
     def label(k: int) -> Optional[str]:
         return labels[k] if labels is not None and 0 <= k < len(labels) else None
 
     if isinstance(ex.prediction, dict):  # detections (boxes in the image's pixels)
         p = ex.prediction
         predictions = [{"class": int(k), "label": label(int(k)), "score": float(s),
-                        "box": [round(float(v), 2) for v in box]}
+                        "box": [float(v) for v in box]}
                        for box, s, k in zip(p["boxes"], p["scores"], p["labels"])]
     else:
         predictions = [{"class": k, "label": label(k), "score": float(ex.prediction[k])} for k in ex.predicted]
     record = {"index": ex.index, "source": str(ex.source), "rel": ex.rel}
     if ex.gt is not None:
         record["gt"] = ex.gt
-    record.update(predictions=predictions, targets=[k if k == "image" else int(k) for k in ex.maps], files=files)
+    record.update(predictions=predictions, targets=[k if k == "image" else int(k) for k in ex.maps])
+    if not isinstance(ex.prediction, dict):  # classifiers: the top classes and their scores
+        scores = np.asarray(ex.prediction, dtype=np.float64)
+        order = np.argsort(-scores, kind="stable")[:top]
+        record["top"] = [[int(k), float(scores[k])] for k in order]
     return record
 
 
 def _write_index(run_dir: Path, settings: dict) -> None:
     """explain/index.json from the journal: every image in input order, then the skipped inputs."""
     records = {}
-    for r in read_journal(run_dir / "explain" / "index.jsonl"):
+    for r in read_journals(run_dir / "explain"):
         records[r["index"]] = r  # a line written again after a resume replaces the earlier one
     ordered = [records[i] for i in sorted(records)]
     index = {"run": run_dir.name, "settings": settings,

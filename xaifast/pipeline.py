@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .algorithms import resolve_algorithm
-from .config import ExplainConfig, TargetExplainGroup
+from .config import ExplainConfig, TargetExplainGroup, resolve_score
 from .data import Preprocess, Sample, iter_tensor_samples
 from .engines import Engine, make_engine
 from .engines.base import BatchResult, Request
@@ -99,7 +99,9 @@ def _group_options(kwargs: dict):
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    """The machine's cores (those this process may use), shared among torchrun's local processes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
 
 
 @contextlib.contextmanager
@@ -135,6 +137,16 @@ def resolve_classes(refs: Sequence, num_classes: int, labels: Optional[Sequence[
     return list(dict.fromkeys(out))
 
 
+def shard_range(count: int, batch_size: int, rank: int, world: int) -> Tuple[int, int]:
+    """[first, last) input positions of `rank` among `world` processes: contiguous parts of the
+    sorted input, cut at batch windows (a batch never spans two processes, so every image is
+    computed in the same batch as in a single-process run), as even as the windows allow."""
+    windows = -(-count // batch_size)
+    first = (rank * windows // world) * batch_size
+    last = min(count, ((rank + 1) * windows // world) * batch_size)
+    return min(first, count), last
+
+
 class SourceList(list):
     """The listed items (`stages.sources.SourceItem`) of a file source."""
 
@@ -145,12 +157,15 @@ class ExplainRun:
 
     skip: keys (`Explanation.key`: the relative path of a file, or the index of a tensor row) of
     images already done (a resumed run): not yielded, and batches made only of them not computed.
-    on_skip(index, source, reason) is called for every input that could not be read.
+    on_skip(sample, reason) is called for every input that could not be read.
+    shard: (rank, world size) of a multi-process run: the contiguous part of a file input this
+    process explains (`shard_range`); tensor inputs: every world-th batch window.
     warn: warn once per skipped input and once at the end (the job reports them itself)."""
 
     def __init__(self, engine: Engine, data, config: ExplainConfig, run: RunOptions,
                  algorithm: AlgorithmOptions, *, skip: Optional[Set] = None,
-                 on_skip: Optional[Callable] = None, warn: bool = True, normalize: bool = True):
+                 on_skip: Optional[Callable] = None, warn: bool = True, normalize: bool = True,
+                 shard: Tuple[int, int] = (0, 1)):
         if run.batch_size < 1:
             raise XaifastError(f"batch_size must be >= 1, got {run.batch_size}")
         self.engine = engine
@@ -159,11 +174,12 @@ class ExplainRun:
         self.failures: List[Tuple[Union[str, int], str]] = []
         self.count = 0
         self.skip = set(skip or ())
+        self.shard = tuple(shard)  # (rank, world size): this process explains its contiguous part of the input
         self.on_skip = on_skip
         self.warn = warn
         self.algorithm = resolve_algorithm(config.algorithm, engine.kind, config.target_explain_group)
         self.mask = config.mask if config.mask != "auto" else "gaussian" if engine.kind == "transformer" else "1x1"
-        request = Request(self.algorithm, self.mask, config.score, normalize=normalize,
+        request = Request(self.algorithm, self.mask, resolve_score(config.score, self.algorithm), normalize=normalize,
                           memory_budget_mb=run.memory_budget_mb,
                           vit=dict(cls_token=algorithm.cls_token, use_fast_path=algorithm.use_fast_path),
                           detection=dict(feature_level=algorithm.feature_level,
@@ -196,7 +212,8 @@ class ExplainRun:
         if not isinstance(data, (torch.Tensor, np.ndarray)) and not hasattr(data, "__iter__"):
             raise DataError(f"data of type {type(data).__name__} is not explainable; pass a folder, a list of "
                             "image files, a tensor [B, 3, H, W] or an iterable of tensors (a DataLoader)")
-        return iter_tensor_samples(data)
+        samples = iter_tensor_samples(data)
+        return samples if self.shard[1] == 1 else self._tensor_shard(samples)
 
     def _decoded(self) -> Iterator[Sample]:
         """Decode the items of every batch that has work left, on a thread pool, in order."""
@@ -205,9 +222,10 @@ class ExplainRun:
         from .stages.decode import read_image_checked
 
         items, size, skip = self.items, self.options.batch_size, self.skip
-        todo = [i for start in range(0, len(items), size)
+        first, last = shard_range(len(items), size, *self.shard)
+        todo = [i for start in range(first, last, size)
                 if not all(it.rel in skip for it in items[start:start + size])
-                for i in range(start, min(start + size, len(items)))]
+                for i in range(start, min(start + size, last))]
         preprocess = self.engine.preprocess
         max_pixels = self.options.max_image_pixels
 
@@ -232,6 +250,13 @@ class ExplainRun:
                     yield pending.pop(0).result()
             for fut in pending:
                 yield fut.result()
+
+    def _tensor_shard(self, samples: Iterator[Sample]) -> Iterator[Sample]:
+        rank, world = self.shard
+        size = self.options.batch_size
+        for sample in samples:
+            if (sample.index // size) % world == rank:
+                yield sample
 
     def _batches(self, samples: Iterator[Sample]) -> Iterator[List[Sample]]:
         """Good samples grouped into batches: the same batch-size window of input positions and one
@@ -373,10 +398,10 @@ def explain(model, data, config: Optional[ExplainConfig] = None, *, model_option
     return ExplainRun(engine, data, config, r, a, **(_run_kwargs or {}))
 
 
-def saliency_maps(model, images, algorithm: str = "auto", *, mask: str = "auto", score: str = "softmax",
+def saliency_maps(model, images, algorithm: str = "auto", *, mask: str = "auto", score: str = "auto",
                   **options) -> torch.Tensor:
     """Raw float32 saliency maps [B, K, h, w] (K = 1 for class-agnostic algorithms) of `images`
     (anything `explain` takes as data); options as `explain`'s. mask "auto": 1x1 for CNNs,
-    gaussian for transformers (as OTX)."""
+    gaussian for transformers (as OTX); score "auto": raw logits for Recipro-CAM (as OTX 2.x)."""
     config = ExplainConfig(target_explain_group=TargetExplainGroup.ALL, algorithm=algorithm, mask=mask, score=score)
     return explain(model, images, config, _run_kwargs=dict(normalize=False), **options).raw_maps()

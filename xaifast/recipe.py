@@ -50,7 +50,7 @@ class Recipe:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     labels: Optional[List[str]] = None
-    score: str = "softmax"
+    score: str = "auto"
     task: str = "classification"
     spec: Optional[Dict[str, Any]] = None
     source: str = field(default="", repr=False)
@@ -164,4 +164,4 @@ def load_recipe(name_or_path: Optional[str] = None) -> Recipe:
     return Recipe(name=name, model=model, checkpoint=data.get("checkpoint"), target_layer=data.get("target_layer"),
                   input_size=size, mean=tuple(data.get("mean", IMAGENET_MEAN)),
                   std=tuple(data.get("std", IMAGENET_STD)), labels=_labels(data.get("labels"), base),
-                  score=data.get("score", "softmax"), task=task, spec=spec, source=str(name_or_path))
+                  score=data.get("score", "auto"), task=task, spec=spec, source=str(name_or_path))

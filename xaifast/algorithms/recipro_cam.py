@@ -195,7 +195,7 @@ def masked_logits(feature: torch.Tensor, head: Head, mask: str = "1x1", *,
     return logits
 
 
-def recipro_cam(feature: torch.Tensor, head: Callable | Head, mask: str = "1x1", score: str = "softmax", *,
+def recipro_cam(feature: torch.Tensor, head: Callable | Head, mask: str = "1x1", score: str = "none", *,
                 normalize: bool = False, memory_budget_mb: Optional[float] = None,
                 chunk_size: Optional[int] = None, use_gap_shortcut: bool = True, backend: str = "auto",
                 compile_head: CompileSpec = None) -> SaliencyResult:

@@ -223,7 +223,7 @@ def vit_masked_logits(feature: Union[TokenFeature, torch.Tensor], rest: Union[Vi
 
 
 def vit_recipro_cam(feature: Union[TokenFeature, torch.Tensor], rest: Union[ViTRest, Callable], mask: str = "gaussian",
-                    score: str = "softmax", *, grid: Optional[Tuple[int, int]] = None, num_aux: Optional[int] = None,
+                    score: str = "none", *, grid: Optional[Tuple[int, int]] = None, num_aux: Optional[int] = None,
                     cls_token: bool = True, use_fast_path: bool = True, normalize: bool = False,
                     memory_budget_mb: Optional[float] = None, chunk_size: Optional[int] = None) -> SaliencyResult:
     """ViT Recipro-CAM maps: raw float32 [B, K, H, W] (+ uint8 when normalize)."""

@@ -102,13 +102,14 @@ def predicted_classes(scores: np.ndarray, multilabel: bool) -> List[int]:
 
 
 def classifier_predictions(logits: torch.Tensor, request: Request) -> List[ImagePrediction]:
-    """Per image: the class scores (as the request's score) and the predicted classes."""
+    """Per image: the class scores (softmax; sigmoid for multilabel models, whatever the maps'
+    score) and the predicted classes."""
     from ..errors import XaifastError
 
     if logits.ndim != 2:
         raise XaifastError(f"the model returned logits of shape {list(logits.shape)}; a classifier "
                            "must return [B, num_classes]")
-    scores = scores_of(logits, request.score).cpu().numpy()
+    scores = scores_of(logits, "sigmoid" if request.multilabel else "softmax").cpu().numpy()
     return [ImagePrediction(row, predicted_classes(row, request.multilabel)) for row in scores]
 
 

@@ -74,7 +74,7 @@ class OpenVINOAdapter(ModelAdapter):
         self.meta = meta
         self.kind = meta.get("model_type", "cnn_classifier")
         self.algorithm = meta.get("algorithm", "recipro_cam")
-        self.score = meta.get("score", "softmax")
+        self.score = meta.get("score", "none")
         size = tuple(meta.get("input_size") or _static_size(model))
         self.preprocess = preprocess or Preprocess(size, tuple(meta.get("mean", Preprocess().mean)),
                                                    tuple(meta.get("std", Preprocess().std)))

@@ -71,3 +71,11 @@ def read_journal(path) -> List[dict]:
             if isinstance(record, dict) and "index" in record:
                 records.append(record)
     return records
+
+
+def read_journals(explain_dir) -> List[dict]:
+    """The records of every journal of a run: `index.jsonl` and, of a multi-process run, each
+    rank's `index.rank-<r>.jsonl`."""
+    explain_dir = Path(explain_dir)
+    paths = [explain_dir / "index.jsonl"] + sorted(explain_dir.glob("index.rank-*.jsonl"))
+    return [r for p in paths for r in read_journal(p)]

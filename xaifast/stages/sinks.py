@@ -1,12 +1,15 @@
-"""Sinks: where a run's finished images go. Every sink has `write(explanation) -> files` and
-`close()`; the job calls them from its worker threads (one image per call, any order), so a sink
-keeps no state that depends on the order of images.
+"""Sinks: where a run's finished images go. Every sink has `write(explanation, done)` and
+`close()`; the job calls `write` from its worker threads (one image per call, any order). A sink
+calls `done(fields)` once the image's output is on disk (at once for files; when its shard is
+written for the zarr store), with what the journal should record of it ({"files": [...]},
+{"maps": {...}}); only then is the image journaled as finished.
 
 - `FolderSink`: OTX's files, `<run>/explain/saliency_maps/<rel dir>/<stem>_class_<k>_saliency_map.png`
   and `..._overlay.png` (`_image_` for class-agnostic maps), PNG or JPEG (`.jpg`, quality 90),
   each written under a temporary name and renamed: no file ever holds a final name half-written.
 - `CallbackSink`: a user's function gets every `Explanation`.
 - `NullSink`: nothing (`--dump False`).
+- `stages.zarr_store.ZarrSink`: the low-resolution maps in one Zarr store (`--dump_format zarr`).
 
 Sinks never render: they take the pixels the render stage makes (`Explanation.files()`).
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 from ..errors import XaifastError
 from .encode import encode, write_atomic
@@ -27,9 +30,8 @@ def check_dump_format(fmt: str) -> str:
     name = str(fmt).lower().lstrip(".")
     name = "jpg" if name == "jpeg" else name
     if name not in DUMP_FORMATS + ("zarr",):
-        raise XaifastError(f"unknown dump format {fmt!r}; use png (OTX's files), jpg (smaller, faster to write)")
-    if name == "zarr":
-        raise XaifastError("--dump_format zarr (a compact result store) is not available yet; use png or jpg")
+        raise XaifastError(f"unknown dump format {fmt!r}; use png (OTX's files), jpg (smaller, faster to write) "
+                           "or zarr (every low-resolution map in one store, with a Parquet index)")
     return name
 
 
@@ -69,16 +71,13 @@ class FolderSink:
         self.ext = EXTENSIONS[self.fmt]
         self.quality = quality
 
-    def paths(self, name: str, items: Iterable) -> List[Path]:
-        return [self.maps_dir / f"{name}_{file_tag(key)}_{kind}{self.ext}" for key, kind in items]
-
-    def write(self, ex) -> List[str]:
+    def write(self, ex, done: Callable[[dict], None]) -> None:
         written = []
         for key, kind, pixels in ex.files():
             path = self.maps_dir / f"{ex.name}_{file_tag(key)}_{kind}{self.ext}"
             write_atomic(path, encode(pixels, self.fmt))
             written.append(path.relative_to(self.run_dir).as_posix())
-        return written
+        done({"files": written})
 
     def close(self) -> None:
         pass
@@ -90,17 +89,17 @@ class CallbackSink:
     def __init__(self, fn: Callable):
         self.fn = fn
 
-    def write(self, ex) -> List[str]:
+    def write(self, ex, done: Callable[[dict], None]) -> None:
         self.fn(ex)
-        return []
+        done({})
 
     def close(self) -> None:
         pass
 
 
 class NullSink:
-    def write(self, ex) -> List[str]:
-        return []
+    def write(self, ex, done: Callable[[dict], None]) -> None:
+        done({})
 
     def close(self) -> None:
         pass
