@@ -47,7 +47,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import cv2
 import numpy as np
