@@ -8,7 +8,7 @@ Images are RGB uint8 [H, W, 3] (RGBA [H, W, 4] also works) or gray uint8 [H, W] 
     write_atomic(path, data)          temp name in the same folder, then os.replace
 
 PNG encoder: fpng when the `fpng` package is installed (PyPI, MIT; a 100 KB wheel wrapping
-Rich Geldreich's fpng; x86-64 and aarch64 Linux, macOS), for RGB and RGBA; OpenCV otherwise and for
+Rich Geldreich's fpng; wheels for Linux, macOS, Windows), for RGB and RGBA; OpenCV otherwise and for
 gray images. fpng writes ordinary PNGs (zlib streams any decoder reads); it must pass a
 round-trip self-check on first use (noise, a ramp, odd sizes, RGBA, 1x1, decoded with OpenCV)
 or OpenCV takes over. XAIFAST_PNG_ENCODER=opencv forces OpenCV.
@@ -18,16 +18,16 @@ ms per image, median of 9, mean over 3 heat maps / 5 photo overlays; size relati
 default):
 
     case               OpenCV default       best other OpenCV setting       fpng
-    heat 640x480        6.1 ms  134 KB      c1 FILTERED SUB 3.8 ms  0.55x   1.0 ms  1.16x
+    heat 640x480        6.1 ms  134 KB      c1 FILTERED SUB 3.8 ms  0.55x   1.0-1.4 ms  1.16x
     overlay 640x480    16.2 ms  430 KB      c1 HUFFMAN SUB 12.7 ms  1.00x   1.3-1.8 ms  1.06x
-    heat 1200x900      23.0 ms  343 KB      c1 FILTERED SUB 14.9 ms 0.57x   4.2 ms  1.40x
+    heat 1200x900      23.0 ms  343 KB      c1 FILTERED SUB 14.9 ms 0.57x   4.0-4.2 ms  1.40x
     overlay 1200x900   54.5 ms  1.22 MB     c1 RLE UP 41.5 ms       0.93x   5.3 ms  0.94x
 
 OpenCV's default is IMWRITE_PNG_COMPRESSION 1, STRATEGY_RLE, FILTER_SUB (same bytes). No
 OpenCV setting is 3x faster with files under ~1.5x: levels 2-3, HUFFMAN_ONLY, FILTERED, FIXED
 and the other filters trade a few tens of percent one way or the other, and only level 0
 (stored) is fast (1-6 ms) with files 2.2-2.7x (overlays) to 7-9x (heat maps) bigger. fpng is
-5-12x faster than OpenCV's default with files 0.94-1.40x its size, so it is the choice; the
+4-12x faster than OpenCV's default with files 0.94-1.40x its size, so it is the choice; the
 OpenCV fallback keeps OpenCV's defaults (the settings that win on heat maps lose on overlays).
 Pillow at compress_level 1 (10-89 ms) and a numpy SUB filter + zlib level 1 (3-47 ms) are
 slower than fpng too.
