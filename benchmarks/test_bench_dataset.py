@@ -37,6 +37,7 @@ _TIMEOUT (3600 s per run), XAIFAST_BENCH_DATASET_SUMMARY=path (also writes the t
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -217,7 +218,13 @@ def run_cli(name: str, data_root: Path, n: int, work_dir: Path, extra: List[str]
     if match:
         run.images, run.files, run.program_rate = int(match.group(1)), int(match.group(3)), float(match.group(6))
     latest = work_dir / ".latest"
-    for _, _, files in os.walk((latest.resolve() if latest.exists() else work_dir) / "explain"):
+    explain = (latest.resolve() if latest.exists() else work_dir) / "explain"
+    if run.images < 0 and (explain / "index.json").is_file():  # no summary line: count the index's images
+        try:
+            run.images = len(json.loads((explain / "index.json").read_text()).get("images", []))
+        except (ValueError, AttributeError):
+            pass
+    for _, _, files in os.walk(explain):
         for name in files:  # the written maps and overlays, by type (the index left out)
             suffix = os.path.splitext(name)[1].lower()
             if suffix != ".json":
