@@ -50,8 +50,10 @@ def recipe(tmp_path):
 
 
 def run(cmd, *args, env=None, timeout=600):
+    """The command in a neutral folder: torchrun's workers run `python -m xaifast` without -P, so the
+    repository's source folder must not be the working directory."""
     proc = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **(env or {})))
+                          env=dict(os.environ, **(env or {})), cwd="/")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
@@ -86,7 +88,7 @@ def test_zarr_run_equals_png_run_and_renders_its_files(tmp_path, data, recipe):
             np.testing.assert_array_equal(a[rel][k], b[rel][k])
     # the reader: by position and by relative path; the index table
     ex = store["c1/im3.jpg"]
-    assert ex.gt == {"label": "c1"} and ex.rel == "c1/im3.jpg" and store[3].rel == ex.rel
+    assert ex.gt == {"label": "c1"} and ex.rel == "c1/im3.jpg" and store[5].rel == ex.rel
     frame = store.index
     assert len(frame) == 8 and frame["failed"].notna().sum() == 1  # 7 images and the bad file
     assert list(frame.loc[frame["failed"].isna(), "maps_count"]) == [4] * 7
@@ -166,14 +168,14 @@ def test_torchrun_two_processes_equal_one_then_a_killed_rank_is_resumed(tmp_path
         for k in a[rel]:
             np.testing.assert_array_equal(a[rel][k], b[rel][k])
     arrays = set(two.index["maps_array"].dropna())
-    assert arrays == {"maps_8x8", "maps_8x8_rank1"}  # each rank wrote its own part of the store
+    assert arrays == {"maps_4x4", "maps_4x4_rank1"}  # each rank wrote its own part of the store
 
     # PNG files: the same tree, byte for byte; then rank 1 is killed mid-run and the run resumed
-    run(XAIFAST, *explain_args(recipe, data, tmp_path / "png1", "--explain_config.postprocess", "True"))
+    run(XAIFAST, *explain_args(recipe, data, tmp_path / "png1", "--explain_config.postprocess", "True", "--batch_size", 1))
     work = tmp_path / "png2"
     cmd = TORCHRUN + [str(a) for a in explain_args(recipe, data, work, "--explain_config.postprocess", "True",
                                                    "--batch_size", 1)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd="/")
     killed = False
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline and not killed:
@@ -192,10 +194,8 @@ def test_torchrun_two_processes_equal_one_then_a_killed_rank_is_resumed(tmp_path
     journal0 = (run_dir / "explain" / "index.jsonl").read_bytes().count(b"\n")
     run(TORCHRUN, *explain_args(recipe, data, work, "--explain_config.postprocess", "True", "--batch_size", 1,
                                 "--resume", "True"))
-    for p, mtime in before.items():  # finished images were not computed again
-        journaled = any(str(p.relative_to(run_dir)) in line for line in
-                        (run_dir / "explain").glob("index*.jsonl") for line in p.open() if False)
-        del journaled
+    for p, mtime in before.items():  # finished images were not computed again: their files are untouched
+        assert p.stat().st_mtime_ns == mtime, p
     want, got = tmp_path / "png1", run_dir
     want = xaifast.open_run(want).path / "explain" / "saliency_maps"
     files = sorted(p.relative_to(want).as_posix() for p in want.rglob("*.png"))

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from jsonargparse import ArgumentParser
 
@@ -115,9 +115,9 @@ def _render_parser() -> ArgumentParser:
                        "with the data's folders. The source images must be where the run read them.")
     p.add_argument("run", type=str, help="a run folder, <work_dir>/.latest, or a work dir (its newest run)")
     p.add_argument("--out", type=str, required=True, help="folder to write the files to")
-    p.add_argument("--classes", type=Optional[List[str]], default=None,
+    p.add_argument("--classes", type=Optional[List[Union[int, str]]], default=None,
                    help="only these classes (indices, or 'image' for class-agnostic maps), e.g. '[285, 967]'")
-    p.add_argument("--images", type=Optional[List[str]], default=None,
+    p.add_argument("--images", type=Optional[List[Union[int, str]]], default=None,
                    help="only these images (paths relative to the data root, or positions), e.g. '[a/x.jpg]'")
     p.add_argument("--format", type=str, default="png", help="png | jpg")
     return p

@@ -15,6 +15,7 @@ value, no file).
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 STORE_NAME = "maps.zarr"
 CHUNK_BYTES = 256 << 10   # ~256 KB chunks (compressed with zstd inside the shard)
 SHARD_BYTES = 4 << 20     # ~4 MB shards: one file each
+FLUSH_SECONDS = 30.0      # a shard in flight is written at least this often ($XAIFAST_ZARR_FLUSH_SECONDS)
 
 
 def array_name(h: int, w: int) -> str:
@@ -65,10 +67,13 @@ class ZarrSink:
     """Sink of a zarr run: `write(ex, done)` puts the image's maps in the store; `done(fields)`
     is called (with {"maps": {"array", "row", "count"}}) once they are on disk."""
 
-    def __init__(self, run_dir, done_records: Sequence[dict] = (), flush_seconds: float = 30.0, suffix: str = ""):
+    def __init__(self, run_dir, done_records: Sequence[dict] = (), flush_seconds: Optional[float] = None,
+                 suffix: str = ""):
         zarr = _zarr()
         self.path = Path(run_dir) / "explain" / STORE_NAME
         self.group = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+        if flush_seconds is None:
+            flush_seconds = float(os.environ.get("XAIFAST_ZARR_FLUSH_SECONDS", FLUSH_SECONDS))
         self.flush_seconds = flush_seconds
         self.suffix = suffix  # a multi-process run: each rank writes arrays of its own
         self.lock = threading.Lock()
