@@ -52,3 +52,23 @@ def efficientnet():
     from xaifast.zoo.efficientnet import efficientnet_lite0
 
     return efficientnet_lite0()
+
+
+@pytest.fixture
+def make_recipe(tmp_path):
+    """make_recipe(num_classes) -> (recipe YAML path, checkpoint path) of a SmallCNN with fixed random
+    weights (the same weights for every run that uses the pair)."""
+    import torch
+
+    from xaifast.zoo import SmallCNN
+
+    def make(num_classes: int = 3, input_size: int = 32, name: str = "recipe"):
+        ckpt = tmp_path / f"{name}.pth"
+        torch.save({"state_dict": SmallCNN(num_classes=num_classes).state_dict()}, ckpt)
+        path = tmp_path / f"{name}.yaml"
+        labels = ", ".join(f"c{k}" for k in range(num_classes))
+        path.write_text(f"model:\n  class_path: xaifast.zoo.builtin.SmallCNN\n  init_args: {{num_classes: {num_classes}}}\n"
+                        f"input_size: [{input_size}, {input_size}]\nlabels: [{labels}]\n")
+        return path, ckpt
+
+    return make

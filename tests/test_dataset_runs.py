@@ -36,13 +36,8 @@ def _write(path: Path, image: np.ndarray) -> Path:
 
 
 @pytest.fixture
-def recipe(tmp_path):
-    ckpt = tmp_path / "small.pth"
-    torch.save({"state_dict": SmallCNN(num_classes=5).state_dict()}, ckpt)
-    path = tmp_path / "recipe.yaml"
-    path.write_text("model:\n  class_path: xaifast.zoo.builtin.SmallCNN\n  init_args: {num_classes: 5}\n"
-                    "input_size: [32, 32]\nlabels: [a, b, c, d, e]\n")
-    return path, ckpt
+def recipe(make_recipe):
+    return make_recipe(5)
 
 
 def cli(*args, timeout=600):

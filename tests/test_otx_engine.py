@@ -28,13 +28,8 @@ def images(tmp_path, rng):
 
 
 @pytest.fixture
-def recipe(tmp_path):
-    ckpt = tmp_path / "small.pth"
-    torch.save({"state_dict": SmallCNN(num_classes=3).state_dict()}, ckpt)
-    path = tmp_path / "recipe.yaml"
-    path.write_text("model:\n  class_path: xaifast.zoo.builtin.SmallCNN\n  init_args: {num_classes: 3}\n"
-                    "input_size: [32, 32]\nlabels: [circle, square, triangle]\n")
-    return path, ckpt
+def recipe(make_recipe):
+    return make_recipe(3)
 
 
 def test_tutorial_lines_run_as_written(tmp_path, images, recipe):

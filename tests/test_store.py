@@ -40,13 +40,8 @@ def data(tmp_path, rng):
 
 
 @pytest.fixture
-def recipe(tmp_path):
-    ckpt = tmp_path / "w.pth"
-    torch.save(SmallCNN(num_classes=4).state_dict(), ckpt)
-    path = tmp_path / "r.yaml"
-    path.write_text("model:\n  class_path: xaifast.zoo.builtin.SmallCNN\n  init_args: {num_classes: 4}\n"
-                    "input_size: [32, 32]\nlabels: [w, x, y, z]\n")
-    return path, ckpt
+def recipe(make_recipe):
+    return make_recipe(4)
 
 
 def run(cmd, *args, env=None, timeout=600):

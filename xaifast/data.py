@@ -1,14 +1,11 @@
-"""Input data: image files (folder or list) read with OpenCV, or iterables of tensors.
-
-Everything is turned into a stream of `Sample`s (source, model input, original image) so the
-pipeline sees one shape of data whatever the user passed.
-"""
+"""Input data: how an image file is read (OpenCV) and preprocessed, and tensors or iterables of
+tensors (a DataLoader) as a stream of `Sample`s. Which files a run reads: `stages.sources`;
+reading them with the size limit: `stages.decode`."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -102,58 +99,6 @@ def to_rgb8(image: np.ndarray, name: str = "image") -> np.ndarray:
     raise ImageReadError(f"{name}: unsupported number of channels {channels}")
 
 
-def list_image_files(data: Union[str, os.PathLike, Sequence]) -> List[Path]:
-    """A folder (its image files, sorted, not recursive), one image file, or a list of files."""
-    if isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            if not files:
-                raise DataError(f"no images found in folder {path} (looked for {', '.join(IMAGE_EXTENSIONS)}); "
-                                "point --data_root at a folder of images")
-            return files
-        if path.exists():
-            return [path]
-        raise DataError(f"{path}: no such file or folder")
-    files = [Path(p) for p in data]
-    if not files:
-        raise DataError("the list of image files is empty; pass at least one image path")
-    return files
-
-
-def is_file_input(data) -> bool:
-    if isinstance(data, (str, os.PathLike)):
-        return True
-    if isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):
-        return True
-    return False
-
-
-def iter_file_samples(files: Sequence[Path], preprocess: Preprocess, workers: int = 2) -> Iterator[Sample]:
-    """Decode and preprocess files on a small thread pool, in input order, a few images ahead."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def load(path: Path) -> Sample:
-        try:
-            image = read_image(path)
-            return Sample(str(path), preprocess(image), image)
-        except ImageReadError as exc:
-            return Sample(str(path), None, None, str(exc))
-        except Exception as exc:  # decoding libraries raise many kinds; one bad file must not stop a run
-            return Sample(str(path), None, None, f"{path}: {type(exc).__name__}: {exc}")
-
-    ahead = max(2, 4 * workers)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xaifast-read") as pool:
-        pending = []
-        it = iter(files)
-        for path in it:
-            pending.append(pool.submit(load, path))
-            if len(pending) >= ahead:
-                yield pending.pop(0).result()
-        for fut in pending:
-            yield fut.result()
-
-
 def _batch_tensor(item, index: int) -> torch.Tensor:
     """Pull the image tensor out of what a DataLoader or a list of tensors yields."""
     if isinstance(item, dict):
@@ -188,16 +133,3 @@ def iter_tensor_samples(data: Union[torch.Tensor, Iterable]) -> Iterator[Sample]
         for row in batch:
             yield Sample(index, row, index=index)
             index += 1
-
-
-def iter_samples(data, preprocess: Preprocess) -> Iterator[Sample]:
-    if isinstance(data, (list, tuple)) and not data:
-        raise DataError("the data is an empty list; pass image files, a folder, or tensors [B, 3, H, W]")
-    if is_file_input(data):
-        return iter_file_samples(list_image_files(data), preprocess)
-    if isinstance(data, (str, bytes)):
-        raise DataError(f"cannot explain {data!r}")
-    if not isinstance(data, (torch.Tensor, np.ndarray)) and not hasattr(data, "__iter__"):
-        raise DataError(f"data of type {type(data).__name__} is not explainable; pass a folder, a list of "
-                        "image files, a tensor [B, 3, H, W] or an iterable of tensors (a DataLoader)")
-    return iter_tensor_samples(data)
