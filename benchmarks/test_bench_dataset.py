@@ -13,6 +13,9 @@ from round to round, an idle wait before each run):
     c  jpg_dump    --dump_format jpg (skipped when `xaifast explain --help` does not list it)
     d  all_png     ALL 1000 classes, postprocess True, PNG dumps, on 8 photos: peak RSS
     e  png_dump_large   b on 1600 photos (XAIFAST_BENCH_DATASET_N_LARGE): peak RSS vs b's
+    z  zarr_dump   --dump_format zarr (the compact store: maps.zarr + index.parquet), in a/b/c's rounds
+    t  torchrun_1 / torchrun_2   --dump_format zarr under `torchrun --nproc_per_node 1|2` (gloo on
+                   CPU), one round each: scaling of the same run over processes on this machine
 Figures (recorded in the summary table and in each benchmark's extra_info; never asserted):
     images/s      N / wall time of the subprocess (start to exit: interpreter start, imports, model
                   load and compile included, nothing subtracted); the program's own summary line
@@ -22,6 +25,8 @@ Figures (recorded in the summary table and in each benchmark's extra_info; never
                   process; goals: d <= 1.6 GB, e/b <= 1.10); "tree" is the largest sum of VmRSS
                   over the child and its descendants sampled every 0.1 s (differs only when the
                   program starts worker processes)
+    bytes/image   everything the run wrote under explain/ (maps, overlays, index, store) / photos
+                  (rows b, c, z; z's is the store for PREDICTIONS at postprocess False resolution)
     cpu util      (ru_utime + ru_stime of the child and its waited-for descendants) / (wall time x
                   logical CPUs); with dumps (row b) it is figure f
 Correctness guards (asserted): exit code 0 and every photo explained.
@@ -76,10 +81,11 @@ ENGINE = os.environ.get("XAIFAST_BENCH_DATASET_ENGINE", "openvino")
 TIMEOUT = float(os.environ.get("XAIFAST_BENCH_DATASET_TIMEOUT", "3600"))
 CPUS = os.cpu_count() or 1
 GB = 1e9
-GOALS = {"png_dump/no_dump": 0.6, "jpg_dump/no_dump": 0.85, "all_png_rss_bytes": 1.6 * GB, "rss_large/rss": 1.10}
+GOALS = {"png_dump/no_dump": 0.6, "jpg_dump/no_dump": 0.85, "zarr_dump/no_dump": 0.9, "all_png_rss_bytes": 1.6 * GB, "rss_large/rss": 1.10}
 BASE_ARGS = ["--config", "efficientnet_lite0", "--explain_config.target_explain_group", "PREDICTIONS",
              "--explain_config.postprocess", "True", "--engine", ENGINE]
-ROWS = {"no_dump": ["--dump", "False"], "png_dump": [], "jpg_dump": ["--dump_format", "jpg"]}
+ROWS = {"no_dump": ["--dump", "False"], "png_dump": [], "jpg_dump": ["--dump_format", "jpg"],
+        "zarr_dump": ["--dump_format", "zarr"]}
 SUMMARY_RE = re.compile(r"explained (\d+) images: (\d+) maps, (\d+) files, (\d+) failed, ([\d.]+) s "
                         r"\(([\d.]+) images/s\)")
 
@@ -98,6 +104,7 @@ class Run:
     files: int = -1
     program_rate: float = float("nan")
     suffixes: Dict[str, int] = field(default_factory=dict)
+    bytes: int = 0
     tail: str = ""
 
     @property
@@ -174,11 +181,13 @@ def _tree_rss_kib(root: int) -> int:
 
 
 def run_cli(name: str, data_root: Path, n: int, work_dir: Path, extra: List[str], env: dict,
-            base: Optional[List[str]] = None, log_dir: Optional[Path] = None) -> Run:
-    """Run `xaifast explain` on `data_root` in a subprocess; wall time, rusage, sampled tree RSS."""
+            base: Optional[List[str]] = None, log_dir: Optional[Path] = None,
+            launcher: Optional[List[str]] = None) -> Run:
+    """Run `xaifast explain` on `data_root` in a subprocess; wall time, rusage, sampled tree RSS.
+    `launcher` replaces the interpreter's `-m xaifast.cli` (e.g. torchrun ... -m xaifast.cli)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     log_dir = log_dir or work_dir
-    args = _cli() + ["explain", *(BASE_ARGS if base is None else base), "--data_root", str(data_root),
+    args = (launcher or _cli()) + ["explain", *(BASE_ARGS if base is None else base), "--data_root", str(data_root),
                      "--work_dir", str(work_dir), *extra]
     if WORKERS and has_flag("--num_workers"):
         args += ["--num_workers", WORKERS]
@@ -192,7 +201,7 @@ def run_cli(name: str, data_root: Path, n: int, work_dir: Path, extra: List[str]
 
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=work_dir)
         sampler = threading.Thread(target=sample, args=(proc.pid,), daemon=True)
         sampler.start()
         killer = threading.Timer(TIMEOUT, proc.kill)
@@ -224,9 +233,10 @@ def run_cli(name: str, data_root: Path, n: int, work_dir: Path, extra: List[str]
             run.images = len(json.loads((explain / "index.json").read_text()).get("images", []))
         except (ValueError, AttributeError):
             pass
-    for _, _, files in os.walk(explain):
+    for root, _, files in os.walk(explain):
         for name in files:  # the written maps and overlays, by type (the index left out)
             suffix = os.path.splitext(name)[1].lower()
+            run.bytes += os.path.getsize(os.path.join(root, name))
             if suffix != ".json":
                 run.suffixes[suffix] = run.suffixes.get(suffix, 0) + 1
     return run
@@ -245,7 +255,7 @@ def keep(benchmark, run: Run) -> None:
         {"name": run.name, "images": run.n, "wall_s": round(run.wall, 3), "images_per_s": round(run.rate, 3),
          "program_images_per_s": run.program_rate, "cpu_s": round(run.cpu, 3), "cpu_util": round(run.util, 4),
          "peak_rss_mib": round(run.maxrss_kib / 1024, 1), "tree_peak_rss_mib": round(run.tree_rss_kib / 1024, 1),
-         "files": run.files, "file_types": run.suffixes})
+         "files": run.files, "file_types": run.suffixes, "bytes_per_image": round(run.bytes / max(run.n, 1))})
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -312,6 +322,8 @@ def test_dataset_throughput(benchmark, env, tmp_path):
                 assert run.suffixes.get(".jpg", 0) > 0, run.suffixes  # JPEG files were written
             if name == "png_dump":
                 assert run.suffixes.get(".png", 0) > 0, run.suffixes
+            if name == "zarr_dump":
+                assert run.suffixes.get(".parquet", 0) == 1, run.suffixes  # the store's index was written
             keep(benchmark, run)
             shutil.rmtree(work, ignore_errors=True)
 
@@ -348,6 +360,29 @@ def test_dataset_peak_rss_scaling(benchmark, env, tmp_path):
     benchmark.pedantic(once, rounds=1, warmup_rounds=0, iterations=1)
 
 
+def test_dataset_torchrun(benchmark, env, tmp_path):
+    """Rows t: the zarr run under torchrun with 1 and with 2 processes (gloo on CPU)."""
+    data = _photoset(N)
+    child_env = dict(env, PYTHONSAFEPATH="1")  # torchrun's children: no source folder on sys.path
+
+    def once():
+        for procs in (1, 2):
+            wait_until_idle()
+            launcher = [sys.executable, "-P", "-m", "torch.distributed.run", "--standalone",
+                        f"--nproc_per_node={procs}", "-m", "xaifast.cli"]
+            work = tmp_path / f"torchrun_{procs}"
+            run = run_cli(f"torchrun_{procs}", data, N, work, ["--dump_format", "zarr"], child_env,
+                          launcher=launcher)
+            assert run.returncode == 0, f"{run.name}: exit code {run.returncode}\n{run.tail}"
+            index = (work / ".latest").resolve() / "explain" / "index.json"
+            run.images = len(json.loads(index.read_text())["images"])
+            checked(run)
+            keep(benchmark, run)
+            shutil.rmtree(work, ignore_errors=True)
+
+    benchmark.pedantic(once, rounds=1, warmup_rounds=0, iterations=1)
+
+
 # ------------------------------------------------------------------------------ summary
 def _rate(x: float) -> str:
     return f"{x:>7.2f}" if x >= 1 or x != x else f"{x:>7.4f}"
@@ -378,7 +413,8 @@ def summary_lines() -> List[str]:
                      f"{_rate(n / min(r.wall for r in runs))} {_rate(statistics.median(r.program_rate for r in runs))} "
                      f"{statistics.median(r.util for r in runs):>8.3f} {max(r.maxrss_kib for r in runs) / 1024:>8.0f} "
                      f"{max(r.tree_rss_kib for r in runs) / 1024:>8.0f} {runs[0].files:>7}")
-    for num, goal_key in (("png_dump", "png_dump/no_dump"), ("jpg_dump", "jpg_dump/no_dump")):
+    for num, goal_key in (("png_dump", "png_dump/no_dump"), ("jpg_dump", "jpg_dump/no_dump"),
+                          ("zarr_dump", "zarr_dump/no_dump")):
         if num in med and "no_dump" in med:
             ratio = med[num] / med["no_dump"]
             a, b = _RUNS["no_dump"], _RUNS[num]
@@ -399,7 +435,18 @@ def summary_lines() -> List[str]:
         lines.append(f"peak RSS {n_large} photos / {n_small} photos, PNG dumps: {large / 1024:.0f} / "
                      f"{small / 1024:.0f} MiB = {large / small:.3f}  "
                      f"[goal <= {GOALS['rss_large/rss']}: {_verdict(large / small <= GOALS['rss_large/rss'])}]")
-    for name in ("png_dump", "png_dump_large", "jpg_dump"):
+    sizes = {name: statistics.median(r.bytes / r.n for r in _RUNS[name])
+             for name in ("png_dump", "jpg_dump", "zarr_dump") if name in _RUNS}
+    if sizes:
+        lines.append("bytes per image written under explain/: " + ", ".join(
+            f"{name} {b / 1024:.1f} KiB" for name, b in sizes.items())
+            + (f"; png / zarr = {sizes['png_dump'] / sizes['zarr_dump']:.0f}x"
+               if "png_dump" in sizes and "zarr_dump" in sizes else ""))
+    if "torchrun_1" in _RUNS and "torchrun_2" in _RUNS:
+        one, two = _RUNS["torchrun_1"][0], _RUNS["torchrun_2"][0]
+        lines.append(f"torchrun zarr run, 2 processes / 1 process (images/s): {two.rate:.2f} / {one.rate:.2f} = "
+                     f"{two.rate / one.rate:.3f} on {CPUS} CPUs (cpu util {two.util:.3f} / {one.util:.3f})")
+    for name in ("png_dump", "png_dump_large", "jpg_dump", "zarr_dump"):
         if name in _RUNS:
             runs = _RUNS[name]
             lines.append(f"cpu utilization with dumps ({name}): {statistics.median(r.util for r in runs):.3f} "

@@ -31,7 +31,7 @@ def score(logits: torch.Tensor, kind: str) -> torch.Tensor:
     return logits
 
 
-def recipro_cam_reference(feature: torch.Tensor, head64, mask: str = "1x1", kind: str = "softmax") -> torch.Tensor:
+def recipro_cam_reference(feature: torch.Tensor, head64, mask: str = "1x1", kind: str = "none") -> torch.Tensor:
     """S[b, k, i, j] = score(head(F[b] * m_p))[k], one head call per cell, all in float64."""
     f = feature.detach().to(torch.float64)
     b_, _, h, w = f.shape

@@ -273,7 +273,7 @@ def test_public_api_float32_matches_reference(name):
     model64 = model.double()
     rest, norm1 = rest_maker(model64, 1)
     t = capture_t(model64, norm1, x.double())
-    ref = score(reference_logits(t, grid, aux, rest, "gaussian", True), "softmax")
+    ref = score(reference_logits(t, grid, aux, rest, "gaussian", True), "none")  # the default score: raw logits (OTX 2.x)
     ref = ref.reshape(2, grid[0], grid[1], -1).permute(0, 3, 1, 2)
     assert_maps_close(maps, ref, rtol=1e-4)
     model.float()

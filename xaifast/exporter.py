@@ -66,7 +66,7 @@ class ExplainGraph(nn.Module):
     raw_maps=True: saliency_map is the raw float32 maps instead (the OpenVINO engine's graph)."""
 
     def __init__(self, model: nn.Module, target_name: str, call_index: int, head: Head, feature_shape,
-                 algorithm: str = "recipro_cam", mask: str = "1x1", score: str = "softmax", raw_maps: bool = False):
+                 algorithm: str = "recipro_cam", mask: str = "1x1", score: str = "none", raw_maps: bool = False):
         super().__init__()
         self.raw_maps = raw_maps
         self.model = model
