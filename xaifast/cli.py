@@ -45,6 +45,9 @@ def _explain_parser() -> ArgumentParser:
                         "newest. Given alone, explains the newest model of that work dir (its last exported model, "
                         "or the recipe and checkpoint a run recorded) on the data that run used, as otx explain does")
     p.add_argument("--dump", type=bool, default=True, help="write saliency maps and overlays as image files")
+    p.add_argument("--report", type=bool, default=True,
+                   help="with --dump: write small thumbnails (explain/thumbs/) and the run's report.html, a static "
+                        "page to browse the images, overlays, predictions and scores (`xaifast report` rebuilds it)")
     p.add_argument("--dump_format", type=str, default="png",
                    help="png (OTX's files) | jpg (the same names with .jpg, quality 90: faster to write, smaller) | zarr "
                         "(every low-resolution map in explain/maps.zarr and one row per image in explain/index.parquet; "
@@ -123,6 +126,18 @@ def _render_parser() -> ArgumentParser:
     return p
 
 
+def _report_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Write a run's report.html again (and its data under <run>/report/): a static page "
+                       "that shows every image with its overlays, predictions, ground truth and scores as thumbnails, "
+                       "filterable by class, sortable by score, paginated; an evaluate run's table and curves. Open it "
+                       "in a browser from disk: no server.")
+    p.add_argument("run", type=str, help="a run folder, <work_dir>/.latest, or a work dir (its newest run)")
+    p.add_argument("--thumbs", type=str, default="missing",
+                   help="keep (show the thumbnails the run made) | missing (also make the missing ones, from the source "
+                        "images and the stored maps or files; default) | all (make them all again)")
+    return p
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="xaifast", description="xaifast: fast, exact saliency maps (Recipro-CAM, "
                             "ActivationMap, EigenCAM) for vision models. Run 'xaifast explain --help'.",
@@ -131,6 +146,7 @@ def build_parser() -> ArgumentParser:
     sub.add_subcommand("explain", _explain_parser(), help="explain a model on images (maps, overlays, index)")
     sub.add_subcommand("export", _export_parser(), help="export a model (OpenVINO IR or ONNX), with explain outputs")
     sub.add_subcommand("render", _render_parser(), help="write a run's map and overlay files (e.g. of a zarr run)")
+    sub.add_subcommand("report", _report_parser(), help="write a run's report.html again (a static page to browse it)")
     return parser
 
 
@@ -175,7 +191,7 @@ def _explain(a) -> int:
     summary = run_explain_job(
         model, data, config, work_dir=a.work_dir, dump=a.dump, dump_format=a.dump_format, resume=_resume(a.resume),
         num_workers=a.num_workers, max_image_pixels=a.max_image_pixels, settings=settings, batch_size=a.batch_size,
-        progress=a.progress, precision=a.precision, engine=a.engine,
+        progress=a.progress, precision=a.precision, engine=a.engine, report=a.report,
         preprocess=recipe.preprocess if recipe else None, labels=recipe.labels if recipe else None,
         target_layer=recipe.target_layer if recipe else None,
         explain_options=_detection_options(recipe, model, a))
@@ -278,6 +294,16 @@ def _render(a) -> int:
     return 0 if count else 1
 
 
+def _report(a) -> int:
+    from .report import write_report
+
+    s = write_report(a.run, thumbs=a.thumbs)
+    made = f", {s.thumbs_made} thumbnails made" if s.thumbs_made else ""
+    what = f"{s.images} images, {s.views} views" + (", evaluation" if s.evaluate else "")
+    print(f"report: {s.path} ({what}{made}; {s.seconds:.1f} s)")
+    return 0
+
+
 class _Usage(Exception):
     pass
 
@@ -295,6 +321,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _export(args.export)
         if args.command == "render":
             return _render(args.render)
+        if args.command == "report":
+            return _report(args.report)
         return _explain(args.explain)
     except (XaifastError, _Usage) as exc:
         print(f"xaifast: error: {exc}", file=sys.stderr)

@@ -55,7 +55,8 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
                     preprocess=None, labels: Optional[List[str]] = None, target_layer: Optional[str] = None,
                     settings: Optional[dict] = None, batch_size: int = 16, progress: bool = True,
                     out: Optional[TextIO] = None, precision: str = "f32", max_image_pixels: Optional[int] = 100_000_000,
-                    explain_options: Optional[dict] = None, engine: Optional[str] = None) -> JobSummary:
+                    explain_options: Optional[dict] = None, engine: Optional[str] = None,
+                    report: bool = True) -> JobSummary:
     """model: an nn.Module, or the path of an exported .xml / .onnx model (run with OpenVINO).
     data: anything `xaifast.explain` takes. dump: write the maps and overlays (`dump_format` png |
     jpg) under a new run folder of work_dir; sink: a function that also gets every Explanation
@@ -64,6 +65,7 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
     of decoding and of rendering + writing (default: the machine's cores).
     engine: auto | openvino | pytorch (see `xaifast.explain`); precision: OpenVINO's.
     explain_options: more keyword arguments of `xaifast.explain` (e.g. spec=, score_threshold=).
+    report: with dump, also write thumbnails (explain/thumbs/) and the run's report.html.
     out: where the per-image lines and the summary go (default: sys.stdout at call time)."""
     out = out if out is not None else sys.stdout
     workers = num_workers or default_workers()
@@ -79,6 +81,10 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
     run_dir, done = _open_run(Path(work_dir), resume, settings, dist) if dump else (None, [])
     journal = Journal(run_dir / "explain" / dist.journal_name()) if run_dir is not None else None
     sinks = [_sink(run_dir, fmt, done, dist)] + ([CallbackSink(sink)] if sink is not None else [])
+    if run_dir is not None and report:  # the report's thumbnails, after the main sink
+        from .stages.thumbs import ThumbSink
+
+        sinks.insert(1, ThumbSink(run_dir))
     bar = _progress(None, progress)
     report = _Reporter(out, bar)
 
@@ -154,6 +160,10 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
             from .stages.parquet_index import write_parquet_index
 
             write_parquet_index(run_dir)
+        if report:
+            from .report import write_report
+
+            write_report(run_dir)
     summary = JobSummary(run.count, counts["maps"], counts["files"], list(run.failures),
                          time.perf_counter() - start, run_dir, resumed=len(done))
     print_summary(summary, work_dir, out)
@@ -342,3 +352,5 @@ def print_summary(s: JobSummary, work_dir: str, out: TextIO) -> None:
         print(f"  skipped {source}: {reason}", file=out)
     if s.run_dir is not None:
         print(f"results: {s.run_dir / 'explain'}  (newest run: {Path(work_dir) / '.latest'})", file=out)
+        if (s.run_dir / "report.html").is_file():
+            print(f"report: {s.run_dir / 'report.html'}", file=out)

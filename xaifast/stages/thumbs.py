@@ -1,0 +1,152 @@
+"""Thumbnails for the run report: small JPEGs of each image and of a few of its overlays, written by
+the run (a sink beside the main one) so that `report.html` never touches a full-size file.
+
+    <run>/explain/thumbs/<index // 1000:04d>/<index:07d>_input.jpg        the photo
+    <run>/explain/thumbs/<index // 1000:04d>/<index:07d>_class_<k>.jpg    class k's overlay
+    <run>/explain/thumbs/<index // 1000:04d>/<index:07d>_image.jpg        a class-agnostic overlay
+
+Named by the image's input position, never by its file name (a name is data, not a path we
+build on). Made at thumbnail size from the start: the photo is shrunk once (INTER_AREA) to at
+most THUMB_SIZE pixels on its longer side, and the low-resolution maps are resized, colored and
+blended onto that small photo with the same C++ postprocessor as full-size overlays; detections are
+drawn as their boxes (no text: it would not be readable at this size). Without the photo (tensor
+inputs) the thumbnails are the heat maps. Cost per image: one resize of the photo and 1 + up to
+MAX_OVERLAYS small renders and JPEG encodes (well under a millisecond each at 128 px).
+
+Which overlays: the class-agnostic map when there is one, then the predicted classes that were
+explained, then the other explained classes in order, MAX_OVERLAYS at most (an ALL run of a
+1000-class model gets thumbnails of its predictions, not 1000).
+
+The journal records the keys of the thumbnails made (`"thumbs": ["input", 285]`); `thumb_rel`
+gives their paths.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+THUMB_SIZE = 128      # longer side, pixels
+MAX_OVERLAYS = 3      # overlays per image
+QUALITY = 80          # JPEG quality
+THUMBS_DIR = "explain/thumbs"
+
+
+def thumb_tag(key) -> str:
+    if key == "input":
+        return "input"
+    return "image" if key == "image" else f"class_{int(key)}"
+
+
+def thumb_rel(index: int, key) -> str:
+    """The thumbnail's path relative to the run folder."""
+    index = int(index)
+    return f"{THUMBS_DIR}/{index // 1000:04d}/{index:07d}_{thumb_tag(key)}.jpg"
+
+
+def thumb_keys(targets: Sequence, predicted: Iterable, limit: int = MAX_OVERLAYS) -> List:
+    """The explained keys that get an overlay thumbnail, in the order the report shows them."""
+    targets = list(targets)
+    known = set(targets)
+    chosen: List = []
+    for key in (["image"] if "image" in known else []) + [int(k) for k in predicted] + targets:
+        if len(chosen) >= limit:
+            break
+        if key in known and key not in chosen:
+            chosen.append(key)
+    return chosen
+
+
+def thumb_size(height: int, width: int, size: int = THUMB_SIZE) -> Tuple[int, int]:
+    """(h, w) of the thumbnail of an h x w image: the longer side `size`, never enlarged."""
+    scale = min(1.0, size / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def make_thumbs(keys: Sequence, maps: Optional[np.ndarray], image: Optional[np.ndarray],
+                image_hw: Tuple[int, int], alpha: float = 0.5, detections=None
+                ) -> List[Tuple[object, np.ndarray]]:
+    """[(key, RGB thumbnail)]: "input" (the photo, when known) then one per key of `keys` (maps:
+    uint8 [len(keys), h, w] in that order): the overlay on the small photo, or the heat map."""
+    from ..postprocess import postprocess
+
+    h, w = thumb_size(*image_hw)
+    out: List[Tuple[object, np.ndarray]] = []
+    small = None
+    if image is not None:
+        small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA) if image.shape[:2] != (h, w) else image
+        small = np.ascontiguousarray(small)
+        out.append(("input", small))
+    if maps is None or not len(keys):
+        return out
+    maps = np.ascontiguousarray(maps, dtype=np.uint8)
+    heat, over = postprocess(maps, small if small is not None else (h, w), alpha, num_threads=1)
+    pictures = over if over is not None else heat
+    scale_y, scale_x = h / image_hw[0], w / image_hw[1]
+    for i, key in enumerate(keys):
+        picture = pictures[i]
+        if detections is not None and len(detections):
+            picture = _boxes(picture, detections, None if key == "image" else int(key), scale_x, scale_y)
+        out.append((key, picture))
+    return out
+
+
+def _boxes(picture: np.ndarray, detections, only_class: Optional[int], sx: float, sy: float) -> np.ndarray:
+    from ..draw import class_color
+
+    picture = np.ascontiguousarray(picture.copy())
+    for n in range(len(detections)):
+        k = int(detections.labels[n])
+        if only_class is not None and k != only_class:
+            continue
+        x1, y1, x2, y2 = (float(v) for v in detections.boxes[n])
+        cv2.rectangle(picture, (int(round(x1 * sx)), int(round(y1 * sy))), (int(round(x2 * sx)), int(round(y2 * sy))),
+                      class_color(k), 1)
+    return picture
+
+
+def write_thumbs(run_dir, index: int, thumbs: Sequence[Tuple[object, np.ndarray]], made_dirs: Optional[set] = None
+                 ) -> List:
+    """Write the thumbnails (JPEG, atomically); returns their keys as the journal records them."""
+    from .encode import encode_jpg, write_atomic
+
+    run_dir = Path(run_dir)
+    keys = []
+    for key, pixels in thumbs:
+        path = run_dir / thumb_rel(index, key)
+        folder = path.parent
+        if made_dirs is None or folder not in made_dirs:
+            folder.mkdir(parents=True, exist_ok=True)
+            if made_dirs is not None:
+                made_dirs.add(folder)
+        write_atomic(path, encode_jpg(pixels, QUALITY))
+        keys.append(key)
+    return keys
+
+
+class ThumbSink:
+    """The report's thumbnails of every image (see the module doc); journals {"thumbs": [keys]}."""
+
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir)
+        self._dirs: set = set()
+
+    def write(self, ex, done: Callable[[dict], None]) -> None:
+        r = ex.renderer
+        if r is None:
+            done({"thumbs": []})
+            return
+        keys = thumb_keys(r.keys, ex.predicted)
+        maps = r.maps[[r._index[k] for k in keys]] if keys else None
+        thumbs = make_thumbs(keys, maps, r.image, r.size, r.alpha, r.shown)
+        done({"thumbs": write_thumbs(self.run_dir, ex.index, thumbs, self._dirs)})
+
+    def close(self) -> None:
+        pass
+
+
+def thumbs_exist(run_dir, index: int, keys: Sequence) -> bool:
+    return all(os.path.isfile(os.path.join(run_dir, thumb_rel(index, k))) for k in keys)
