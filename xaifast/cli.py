@@ -135,6 +135,7 @@ def _report_parser() -> ArgumentParser:
     p.add_argument("--thumbs", type=str, default="missing",
                    help="keep (show the thumbnails the run made) | missing (also make the missing ones, from the source "
                         "images and the stored maps or files; default) | all (make them all again)")
+    p.add_argument("--page_size", type=int, default=48, help="images per page")
     return p
 
 
@@ -297,7 +298,7 @@ def _render(a) -> int:
 def _report(a) -> int:
     from .report import write_report
 
-    s = write_report(a.run, thumbs=a.thumbs)
+    s = write_report(a.run, thumbs=a.thumbs, page_size=a.page_size)
     made = f", {s.thumbs_made} thumbnails made" if s.thumbs_made else ""
     what = f"{s.images} images, {s.views} views" + (", evaluation" if s.evaluate else "")
     print(f"report: {s.path} ({what}{made}; {s.seconds:.1f} s)")

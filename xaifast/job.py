@@ -86,6 +86,7 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
 
         sinks.insert(1, ThumbSink(run_dir))
     bar = _progress(None, progress)
+    write_report_page = bool(report)
     report = _Reporter(out, bar)
 
     def on_skip(sample, reason):
@@ -103,6 +104,7 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
                                    on_skip=on_skip, warn=False, shard=(dist.rank, dist.world)))
     labels = labels if labels is not None else run.engine.labels
     settings["mask"] = run.mask  # "auto" resolved by model type
+    settings["labels"] = [str(v) for v in labels] if labels is not None else None  # (the report names classes)
     if run_dir is not None and dist.rank == 0 and not (run_dir / "explain" / SETTINGS_FILE).is_file():
         write_json_atomic(run_dir / "explain" / SETTINGS_FILE, settings)
     if bar is not None and not bar.disable:
@@ -160,7 +162,7 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
             from .stages.parquet_index import write_parquet_index
 
             write_parquet_index(run_dir)
-        if report:
+        if write_report_page:
             from .report import write_report
 
             write_report(run_dir)

@@ -87,10 +87,15 @@ def report_folder(path: Union[str, Path]) -> Path:
                        "give the folder a run wrote, e.g. xaifast-workspace/.latest")
 
 
-def write_report(run: Union[str, Path], thumbs: str = "keep") -> ReportSummary:
+def write_report(run: Union[str, Path], thumbs: str = "keep", *, page_size: int = PAGE_SIZE,
+                 item_chunk: int = ITEM_CHUNK, order_chunk: int = ORDER_CHUNK) -> ReportSummary:
     """Write `<run>/report.html` and its data folder `<run>/report/` (replacing earlier ones).
     thumbs: keep (show the thumbnails the run made), missing (also make those that are missing,
-    from the source images and the stored maps or files), all (make them all again)."""
+    from the source images and the stored maps or files), all (make them all again).
+    page_size: images per page; item_chunk / order_chunk: images per item file, ids per order file."""
+    for name, value in (("page_size", page_size), ("item_chunk", item_chunk), ("order_chunk", order_chunk)):
+        if int(value) < 1:
+            raise XaifastError(f"{name} must be >= 1, got {value}")
     if thumbs not in THUMBS:
         raise XaifastError(f"thumbs must be one of {', '.join(THUMBS)}, got {thumbs!r}")
     start = time.perf_counter()
@@ -104,11 +109,12 @@ def write_report(run: Union[str, Path], thumbs: str = "keep") -> ReportSummary:
         if thumbs != "keep":
             made = _remake_thumbs(opened, thumbs == "all")
     evaluate = _evaluate(run_dir)
-    items = _items(records, run_dir)
+    items = _items(records, run_dir, settings.get("labels"))
     views = _views(items, records)
     meta = {"run": run_dir.name, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "images": len(items),
-            "page_size": PAGE_SIZE, "item_chunk": ITEM_CHUNK, "order_chunk": ORDER_CHUNK,
-            "settings": {k: v for k, v in settings.items() if isinstance(v, (str, int, float, bool, list)) or v is None},
+            "page_size": int(page_size), "item_chunk": int(item_chunk), "order_chunk": int(order_chunk),
+            "settings": {k: v for k, v in settings.items() if k != "labels" and (
+                isinstance(v, (str, int, float, bool)) or v is None or (isinstance(v, list) and len(v) <= 50))},
             "failures": [[str(s), str(r)] for s, r in failures[:MAX_FAILURES]], "failure_count": len(failures),
             "views": [{k: v for k, v in view.items() if k not in ("ids", "scores")} for view in views],
             "evaluate": evaluate is not None, "explain": (run_dir / "explain").is_dir()}
@@ -119,11 +125,11 @@ def write_report(run: Union[str, Path], thumbs: str = "keep") -> ReportSummary:
     _write_js(tmp / "meta.js", "XF.meta", meta)
     if evaluate is not None:
         _write_js(tmp / "evaluate.js", "XF.evaluate", evaluate)
-    for c in range(0, len(items), ITEM_CHUNK):
-        chunk = c // ITEM_CHUNK
+    for c in range(0, len(items), item_chunk):
+        chunk = c // item_chunk
         path = tmp / "items" / f"{chunk // 1000:03d}" / f"{chunk:06d}.js"
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_js(path, "XF.items", chunk, items[c:c + ITEM_CHUNK])
+        _write_js(path, "XF.items", chunk, items[c:c + item_chunk])
     for view in views:
         orders = {"score": _score_order(view["ids"], view["scores"])}
         if view["id"] != "all":  # all in input order: the ids are the positions
@@ -131,9 +137,9 @@ def write_report(run: Union[str, Path], thumbs: str = "keep") -> ReportSummary:
         folder = tmp / "views" / view["id"]
         folder.mkdir(parents=True)
         for name, ids in orders.items():
-            for k in range(0, max(1, len(ids)), ORDER_CHUNK):
-                _write_js(folder / f"{name}-{k // ORDER_CHUNK}.js", "XF.order", view["id"], name, k // ORDER_CHUNK,
-                          ids[k:k + ORDER_CHUNK])
+            for k in range(0, max(1, len(ids)), order_chunk):
+                _write_js(folder / f"{name}-{k // order_chunk}.js", "XF.order", view["id"], name, k // order_chunk,
+                          ids[k:k + order_chunk])
     final = run_dir / REPORT_DIR
     old = run_dir / f".{REPORT_DIR}.old-{os.getpid()}"
     if final.exists():
@@ -171,11 +177,11 @@ def _write_js(path: Path, function: str, *args) -> None:
     path.write_text(f"{function}({text});\n", encoding="ascii")
 
 
-def _items(records: List[dict], run_dir: Path) -> List[dict]:
+def _items(records: List[dict], run_dir: Path, labels: Optional[List[str]] = None) -> List[dict]:
     from .stages.thumbs import thumb_rel
 
-    names: Dict[int, str] = {}  # class -> label, from every record's predictions
-    for r in records:
+    names: Dict[int, str] = {k: str(v) for k, v in enumerate(labels or []) if v is not None}  # class -> label
+    for r in records:  # and from the predictions (runs that did not record the labels)
         for p in r.get("predictions") or []:
             if p.get("label"):
                 names.setdefault(int(p["class"]), str(p["label"]))
