@@ -28,7 +28,7 @@ SOURCES := $(shell find xaifast kernels csrc -type f -not -path '*/__pycache__/*
 PYTEST := $(PY) -P -m pytest
 PYTEST_ARGS ?=
 
-.PHONY: venv build test demo bench wheel clean
+.PHONY: venv build test demo bench wheel clean chromium
 
 # venv: create .venv and install torch (first, from the local file), then the
 # other dependencies. Idempotent: re-runs only when pyproject.toml changes.
@@ -56,8 +56,18 @@ $(VENV)/.xaifast-installed: $(VENV)/.deps-installed $(SOURCES) CMakeLists.txt py
 
 # test: run the test suite against the installed package; extra pytest
 # arguments via PYTEST_ARGS, e.g. make test PYTEST_ARGS="-k normalize -x".
-test: build
+test: build chromium
 	$(PYTEST) $(PYTEST_ARGS)
+
+# chromium: tests/test_report.py opens report.html in headless Chromium (Debian's chromium
+# package). Installed with apt-get (sudo when not root) only when missing; where that is not
+# possible the test skips its browser checks and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { command -v apt-get >/dev/null 2>&1 && $$SUDO apt-get update -qq && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || \
+	  echo "make: could not install chromium (apt-get); tests/test_report.py will skip its browser checks" >&2; }
 
 # demo: explain a few bundled images with a bundled model.
 demo: build

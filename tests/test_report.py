@@ -317,20 +317,41 @@ def test_report_large_run_pages(browser, tmp_path, rng):
     assert summary.images == n and summary.views == 1 + classes + 3
     sizes = [p.stat().st_size for p in (run_dir / "report").rglob("*.js")]
     assert max(sizes) < 40_000, max(sizes)
-    k = int(np.bincount(scores.argmax(1)).argmax())
-    members = [i for i in range(n) if scores[i].argmax() == k]
-    ranked = sorted(members, key=lambda i: (-scores[i, k], i))
-    pages = -(-len(ranked) // 48)
+    meta = json.loads(re.fullmatch(r"XF\.meta\((.*)\);\n", (run_dir / "report" / "meta.js").read_text(), re.S)[1])
+    views = {v["id"]: v for v in meta["views"]}
     b = browser
+
+    def expect_scripts(view, order, positions):
+        chunks = {f"report/items/{i // 48 // 1000:03d}/{i // 48:06d}.js" for i in shown}
+        if "pack" in view and order in view["pack"]:  # a short order, in a pack with others
+            orders = {f"report/views/pack-{view['pack'][order]}.js"}
+        else:
+            orders = {f"report/views/{view['id']}/{order}-{p // 1000}.js" for p in positions}
+        loaded = b.eval("[...document.querySelectorAll('script[src]')].map(s => s.getAttribute('src'))")
+        assert sorted(loaded) == sorted({"report/meta.js"} | orders | chunks)  # what the page needs, nothing more
+
+    # a class view (its orders in a pack), lowest score first, a far page
+    k = int(np.bincount(scores.argmax(1)).argmax())
+    ranked = sorted((i for i in range(n) if scores[i].argmax() == k), key=lambda i: (-scores[i, k], i))
+    pages = -(-len(ranked) // 48)
     open_page(b, run_dir, f"#class={k}&sort=score-asc&page={pages - 1}")
     shown = [c["index"] for c in b.eval(CARDS)]
     assert shown == list(reversed(ranked))[(pages - 2) * 48:(pages - 1) * 48]
     assert b.eval("document.getElementById('page').textContent") == f"page {pages - 1} of {pages}"
-    loaded = b.eval("[...document.querySelectorAll('script[src]')].map(s => s.getAttribute('src'))")
-    items = {f"report/items/{i // 25 // 1000:03d}/{i // 25:06d}.js" for i in shown}
-    orders = {f"report/views/c{k}/score-{p // 1000}.js" for p in range(len(ranked) - 1 - (pages - 2) * 48,
-                                                                        len(ranked) - 1 - (pages - 1) * 48, -1)}
-    assert sorted(loaded) == sorted({"report/meta.js"} | orders | items)  # what the page needs, nothing more
+    assert "pack" in views[f"c{k}"]
+    expect_scripts(views[f"c{k}"], "score", [])
+    # a ground-truth view (orders in files of their own), input order, page 20
+    open_page(b, run_dir, "#gt=g1&page=20")  # a new document: its scripts are this page's only
+    members = [i for i in range(n) if i % 3 == 1]
+    shown = [c["index"] for c in b.eval(CARDS)]
+    assert shown == members[19 * 48:20 * 48]
+    assert "pack" not in views["g1"]
+    expect_scripts(views["g1"], "input", range(19 * 48, 20 * 48))
+    # all images by score, the page across an order-file boundary
+    open_page(b, run_dir, "#sort=score&page=21")
+    shown = [c["index"] for c in b.eval(CARDS)]
+    assert shown == sorted(range(n), key=lambda i: (-scores[i].max(), i))[20 * 48:21 * 48]
+    assert b.eval("document.querySelectorAll('script[src^=\"report/views/all/score-\"]').length") == 2  # 960..1007
 
 
 def test_report_bad_input(tmp_path, capsys):

@@ -3,12 +3,13 @@ image of a run as thumbnails with its overlays, predictions, ground truth and sc
 class (predicted or ground truth), sortable by score, paginated. An evaluate run adds its table and
 its curves as plots. `xaifast report <run>` (or `write_report(run)`) builds it again.
 
-Opening it costs the same for 10 images or 100,000: the page loads `report/meta.js` (the run, its
-views and their sizes) and then, per page shown, only what that page needs: a slice of the view's
-order (`report/views/<view>/<order>-<k>.js`, ORDER_CHUNK ids each) and the item files holding its
-images (`report/items/<c // 1000:03d>/<c:06d>.js`, ITEM_CHUNK images each; at most PAGE_SIZE of
-them for a page in score order, one or two in input order). Every file under report/ is small
-whatever the run's size. The data are `.js` files that call a registration function
+Opening it costs about the same for 10 images or 100,000: the page loads `report/meta.js` (the run,
+its views and their sizes) and then, per page shown, only what that page needs: a slice of the
+view's order (`report/views/<view>/<order>-<k>.js`, ORDER_CHUNK ids each; the short orders of many
+views share a file, `report/views/pack-<p>.js`) and the item files holding its images
+(`report/items/<c // 1000:03d>/<c:06d>.js`, ITEM_CHUNK images each: one file for a page of all
+images in input order, at most PAGE_SIZE for a page in score order). Every file under report/ is
+small whatever the run's size. The data are `.js` files that call a registration function
 (`XF.items(...)`, ...), not `.json`: a page opened from file:// may not fetch() files, but it may
 load scripts.
 
@@ -17,14 +18,17 @@ class k's), `g<j>` (images whose ground truth includes the j-th label). Orders: 
 input's order) and `score` (descending; "score-asc" reads it backwards). The page's state is its
 URL hash: `report.html#class=3&sort=score&page=2`, `#gt=cat&sort=score-asc`.
 
-Item fields (one object per explained image, in input order; id = position):
+Item fields (one object per explained image, in input order; id = position); class labels are
+in meta's `labels` ({class: label} of the classes the items mention):
   n: shown name (path relative to the data root, else the file name, else "#<index>")
-  p: path relative to the data root or source; src: the source file (absolute), if any
-  x: input index; s: score (top-1 class score of a classifier, best detection score of a detector)
+  p: the path relative to the data root or the source, when it is not n; src: the source file
+     (absolute), if any; x: input index
+  s: score (top-1 class score of a classifier, best detection score of a detector)
   g: ground-truth labels ([] if none); ok: top-1 prediction equals the ground truth (null: unknown)
-  pr: predictions: classifiers [[class, label, score]], detectors [[class, label, best score, count]]
-  tp: the top-5 classes [[class, label, score]] (classifiers)
-  t: thumbnails [[key, caption, thumbnail path, full-size file or null]] (paths relative to the run)
+  pr: predictions: classifiers [[class, score]], detectors [[class, best score, count]]
+  tp: the top-5 classes [[class, score]] (classifiers)
+  t: the keys of the image's thumbnails ("input", class indices, "image"), at `thumb_rel(x, key)`
+     (`xaifast.stages.thumbs`); f: {key: the run's full-size overlay (or map) file}, if any
 
 Evaluate runs (`<run>/evaluate/evaluate.json`, or `<run>/evaluate.json`): the page shows
   - `rows` (a list of objects) as a table: one row each, the columns in the order keys first appear;
@@ -42,6 +46,7 @@ properties, and a Content-Security-Policy forbids inline event handlers, so a ph
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -54,7 +59,7 @@ from typing import Dict, List, Optional, Union
 from .errors import XaifastError
 
 PAGE_SIZE = 48      # images per page
-ITEM_CHUNK = 25     # images per item file
+ITEM_CHUNK = 48     # images per item file (a page of the input order: one file)
 ORDER_CHUNK = 5000  # ids per order file
 REPORT_FILE = "report.html"
 REPORT_DIR = "report"
@@ -98,6 +103,18 @@ def write_report(run: Union[str, Path], thumbs: str = "keep", *, page_size: int 
             raise XaifastError(f"{name} must be >= 1, got {value}")
     if thumbs not in THUMBS:
         raise XaifastError(f"thumbs must be one of {', '.join(THUMBS)}, got {thumbs!r}")
+    # millions of small lists and dicts, none cyclic: the cycle collector would rescan them all
+    # again and again (it doubled the time of a 100,000-image report)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _write_report(run, thumbs, int(page_size), int(item_chunk), int(order_chunk))
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _write_report(run, thumbs: str, page_size: int, item_chunk: int, order_chunk: int) -> ReportSummary:
     start = time.perf_counter()
     run_dir = report_folder(run)
     records, failures, settings, made = [], [], {}, 0
@@ -109,37 +126,32 @@ def write_report(run: Union[str, Path], thumbs: str = "keep", *, page_size: int 
         if thumbs != "keep":
             made = _remake_thumbs(opened, thumbs == "all")
     evaluate = _evaluate(run_dir)
-    items = _items(records, run_dir, settings.get("labels"))
-    views = _views(items, records)
+    items, labels = _items(records, settings.get("labels"))
+    views = _views(items, labels)
+    tmp = run_dir / f".{REPORT_DIR}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "views").mkdir(parents=True)
+    _write_orders(tmp / "views", views, order_chunk)
     meta = {"run": run_dir.name, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "images": len(items),
             "page_size": int(page_size), "item_chunk": int(item_chunk), "order_chunk": int(order_chunk),
             "settings": {k: v for k, v in settings.items() if k != "labels" and (
                 isinstance(v, (str, int, float, bool)) or v is None or (isinstance(v, list) and len(v) <= 50))},
             "failures": [[str(s), str(r)] for s, r in failures[:MAX_FAILURES]], "failure_count": len(failures),
             "views": [{k: v for k, v in view.items() if k not in ("ids", "scores")} for view in views],
+            "labels": labels,
             "evaluate": evaluate is not None, "explain": (run_dir / "explain").is_dir()}
-    tmp = run_dir / f".{REPORT_DIR}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    _write_js(tmp / "meta.js", "XF.meta", meta)
+    _write_js(tmp / "meta.js", "XF.meta", _clean(meta))
     if evaluate is not None:
-        _write_js(tmp / "evaluate.js", "XF.evaluate", evaluate)
+        _write_js(tmp / "evaluate.js", "XF.evaluate", _clean(evaluate))
+    folders = set()
     for c in range(0, len(items), item_chunk):
         chunk = c // item_chunk
-        path = tmp / "items" / f"{chunk // 1000:03d}" / f"{chunk:06d}.js"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_js(path, "XF.items", chunk, items[c:c + item_chunk])
-    for view in views:
-        orders = {"score": _score_order(view["ids"], view["scores"])}
-        if view["id"] != "all":  # all in input order: the ids are the positions
-            orders["input"] = view["ids"]
-        folder = tmp / "views" / view["id"]
-        folder.mkdir(parents=True)
-        for name, ids in orders.items():
-            for k in range(0, max(1, len(ids)), order_chunk):
-                _write_js(folder / f"{name}-{k // order_chunk}.js", "XF.order", view["id"], name, k // order_chunk,
-                          ids[k:k + order_chunk])
+        folder = tmp / "items" / f"{chunk // 1000:03d}"
+        if folder not in folders:
+            folder.mkdir(parents=True)
+            folders.add(folder)
+        _write_js(folder / f"{chunk:06d}.js", "XF.items", chunk, items[c:c + item_chunk])
     final = run_dir / REPORT_DIR
     old = run_dir / f".{REPORT_DIR}.old-{os.getpid()}"
     if final.exists():
@@ -171,21 +183,57 @@ def _clean(value):
     return value
 
 
+def _js_call(function: str, *args) -> str:
+    """`function(arg, ...);` with the arguments as JSON: ASCII only (the file's encoding never
+    matters); a NaN or infinite score is written as JavaScript's NaN / Infinity."""
+    return f"{function}({','.join(json.dumps(a, ensure_ascii=True, separators=(',', ':')) for a in args)});\n"
+
+
 def _write_js(path: Path, function: str, *args) -> None:
-    """`function(arg, ...);` with the arguments as JSON (ASCII only: the file's encoding never matters)."""
-    text = ",".join(json.dumps(_clean(a), ensure_ascii=True, separators=(",", ":"), allow_nan=False) for a in args)
-    path.write_text(f"{function}({text});\n", encoding="ascii")
+    path.write_text(_js_call(function, *args), encoding="ascii")
 
 
-def _items(records: List[dict], run_dir: Path, labels: Optional[List[str]] = None) -> List[dict]:
-    from .stages.thumbs import thumb_rel
+def _write_orders(folder: Path, views: List[dict], order_chunk: int) -> None:
+    """Each view's orders: a long order in files of `order_chunk` ids (`<view>/<order>-<k>.js`),
+    the short ones of many views together in packs of about `order_chunk` ids (`pack-<p>.js`;
+    the view's "pack" says which): a run with 1000 classes does not make 2000 tiny files."""
+    pack: List[str] = []
+    pack_ids, packs = 0, 0
 
+    def flush():
+        nonlocal pack, pack_ids, packs
+        if pack:
+            (folder / f"pack-{packs}.js").write_text("".join(pack), encoding="ascii")
+            pack, pack_ids, packs = [], 0, packs + 1
+
+    for view in views:
+        orders = {"score": _score_order(view["ids"], view["scores"])}
+        if view["id"] != "all":  # all in input order: the ids are the positions
+            orders["input"] = view["ids"]
+        for name, ids in orders.items():
+            if len(ids) <= order_chunk:
+                if pack_ids + len(ids) > order_chunk:
+                    flush()
+                pack.append(_js_call("XF.order", view["id"], name, 0, ids))
+                pack_ids += max(1, len(ids))
+                view.setdefault("pack", {})[name] = packs
+                continue
+            (folder / view["id"]).mkdir(exist_ok=True)
+            for k in range(0, len(ids), order_chunk):
+                _write_js(folder / view["id"] / f"{name}-{k // order_chunk}.js", "XF.order", view["id"], name,
+                          k // order_chunk, ids[k:k + order_chunk])
+    flush()
+
+
+def _items(records: List[dict], labels: Optional[List[str]] = None) -> tuple:
+    """(items, {class: label} of the classes they mention) (see the module doc for the fields)."""
     names: Dict[int, str] = {k: str(v) for k, v in enumerate(labels or []) if v is not None}  # class -> label
     for r in records:  # and from the predictions (runs that did not record the labels)
         for p in r.get("predictions") or []:
             if p.get("label"):
                 names.setdefault(int(p["class"]), str(p["label"]))
     label_set = set(names.values())
+    used = set()
     items = []
     for r in records:
         preds = r.get("predictions") or []
@@ -194,19 +242,20 @@ def _items(records: List[dict], run_dir: Path, labels: Optional[List[str]] = Non
             best: Dict[int, list] = {}
             for p in preds:
                 k = int(p["class"])
-                entry = best.setdefault(k, [k, names.get(k), float(p["score"]), 0])
-                entry[2] = max(entry[2], float(p["score"]))
-                entry[3] += 1
-            pr = sorted(best.values(), key=lambda e: -e[2])
+                entry = best.setdefault(k, [k, float(p["score"]), 0])
+                entry[1] = max(entry[1], float(p["score"]))
+                entry[2] += 1
+            pr = sorted(best.values(), key=lambda e: -e[1])
             top = None
-            score = pr[0][2] if pr else None
-            class_scores = {e[0]: e[2] for e in pr}
+            score = pr[0][1] if pr else None
+            class_scores = {e[0]: e[1] for e in pr}
         else:
-            pr = [[int(p["class"]), p.get("label") or names.get(int(p["class"])), float(p["score"])] for p in preds]
-            top = [[int(k), names.get(int(k)), float(s)] for k, s in r.get("top") or []]
-            class_scores = {e[0]: e[2] for e in top}
-            class_scores.update({e[0]: e[2] for e in pr})
-            score = top[0][2] if top else (max(e[2] for e in pr) if pr else None)
+            pr = [[int(p["class"]), float(p["score"])] for p in preds]
+            top = [[int(k), float(v)] for k, v in r.get("top") or []]
+            class_scores = dict(top)
+            class_scores.update(pr)
+            score = top[0][1] if top else (max(e[1] for e in pr) if pr else None)
+        used.update(class_scores)
         gt = _gt_labels(r.get("gt"))
         ok = None
         if not detections and len(gt) == 1 and (top or pr):
@@ -218,21 +267,23 @@ def _items(records: List[dict], run_dir: Path, labels: Optional[List[str]] = Non
         rel, source = r.get("rel"), r.get("source")
         name = rel if rel is not None else (Path(str(source)).name if source is not None and not str(source).isdigit()
                                             else f"#{r['index']}")
-        src = str(source) if source is not None and os.path.isabs(str(source)) else None
-        files = [str(f) for f in r.get("files") or []]
-        thumbs = []
-        for key in r.get("thumbs") or []:
-            if key == "input":
-                caption, full = "image", None
-            else:
-                key = key if key == "image" else int(key)
-                caption = "class-agnostic map" if key == "image" else (names.get(key) or f"class {key}")
-                full = _full_file(files, key)
-            thumbs.append([key, caption, thumb_rel(r["index"], key), full])
-        items.append({"n": str(name), "p": str(rel if rel is not None else source), "src": src, "x": r["index"],
-                      "s": score, "g": gt, "ok": ok, "pr": pr, "tp": top, "t": thumbs,
-                      "cs": class_scores})  # class scores: for the views' orders, dropped there
-    return items
+        item = {"n": str(name), "x": r["index"], "s": score, "g": gt, "ok": ok, "pr": pr, "tp": top}
+        path = str(rel if rel is not None else source)
+        if path != item["n"]:
+            item["p"] = path
+        if source is not None and os.path.isabs(str(source)):
+            item["src"] = str(source)
+        thumbs = [k if k in ("input", "image") else int(k) for k in r.get("thumbs") or []]
+        item["t"] = thumbs
+        files = r.get("files")
+        if files:
+            full = {str(k): f for k in thumbs if k != "input" for f in [_full_file(files, k)] if f}
+            if full:
+                item["f"] = full
+        used.update(k for k in thumbs if isinstance(k, int))
+        item["cs"] = class_scores  # for the views' orders; dropped there
+        items.append(item)
+    return items, {str(k): names[k] for k in sorted(used) if k in names}
 
 
 def _gt_labels(gt) -> List[str]:
@@ -256,24 +307,20 @@ def _full_file(files: List[str], key) -> Optional[str]:
     return None
 
 
-def _views(items: List[dict], records: List[dict]) -> List[dict]:
+def _views(items: List[dict], labels: Dict[str, str]) -> List[dict]:
     """all, then one view per predicted class (by index), then one per ground-truth label."""
     views = [{"id": "all", "kind": "all", "label": "all images", "ids": list(range(len(items))),
               "scores": [it["s"] for it in items]}]
     by_class: Dict[int, list] = {}
     by_gt: Dict[str, list] = {}
-    labels: Dict[int, Optional[str]] = {}
     for i, it in enumerate(items):
         for e in it["pr"]:
-            k = e[0]
-            by_class.setdefault(k, []).append(i)
-            if e[1]:
-                labels.setdefault(k, e[1])
+            by_class.setdefault(e[0], []).append(i)
         for g in it["g"]:
             by_gt.setdefault(g, []).append(i)
     for k in sorted(by_class):
         ids = by_class[k]
-        views.append({"id": f"c{k}", "kind": "class", "key": k, "label": labels.get(k) or f"class {k}",
+        views.append({"id": f"c{k}", "kind": "class", "key": k, "label": labels.get(str(k)) or f"class {k}",
                       "ids": ids, "scores": [items[i]["cs"].get(k) for i in ids]})
     for j, g in enumerate(sorted(by_gt)):
         ids = by_gt[g]

@@ -32,7 +32,7 @@ import numpy as np
 THUMB_SIZE = 128      # longer side, pixels
 MAX_OVERLAYS = 3      # overlays per image
 QUALITY = 80          # JPEG quality
-THUMBS_DIR = "explain/thumbs"
+THUMBS_DIR = "explain/thumbs"  # (assets/report.html builds the same paths: thumbPath)
 
 
 def thumb_tag(key) -> str:
