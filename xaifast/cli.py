@@ -179,7 +179,8 @@ def _explain(a) -> int:
         preprocess=recipe.preprocess if recipe else None, labels=recipe.labels if recipe else None,
         target_layer=recipe.target_layer if recipe else None,
         explain_options=_detection_options(recipe, model, a))
-    return 0 if summary.images > 0 else 1
+    # success when the run holds explained images: this call's, or an earlier one's that --resume found done
+    return 0 if summary.images + summary.resumed > 0 else 1
 
 
 def _newest_model_of(a) -> None:

@@ -147,7 +147,7 @@ class ViTExplainGraph(nn.Module):
     normalization. feature_map = the patch tokens of T as [B, D, H, W]."""
 
     def __init__(self, adapter, grid, num_aux: int, algorithm: str = "vit_recipro_cam", mask: str = "gaussian",
-                 score: str = "softmax", cls_token: bool = True, raw_maps: bool = False):
+                 score: str = "none", cls_token: bool = True, raw_maps: bool = False):
         super().__init__()
         self.raw_maps = raw_maps
         self.model = adapter.model
