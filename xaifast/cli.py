@@ -21,7 +21,7 @@ from . import __version__
 DEFAULT_WORK_DIR = "xaifast-workspace"
 
 ALGORITHMS = ["auto", "classwisesaliencymap", "recipro_cam", "vit_recipro_cam", "det_class_probability_map", "instseg",
-              "activationmap", "eigencam"]
+              "activationmap", "eigencam", "rise"]
 GROUPS = ["ALL", "PREDICTIONS", "IMAGE", "CUSTOM"]
 
 
@@ -78,6 +78,7 @@ def _explain_parser() -> ArgumentParser:
     p.add_argument("--feature_level", type=int, default=-1,
                    help="detection / instance segmentation: the pyramid level activationmap / eigencam "
                         "explain (-1: the last, as OTX)")
+    _rise_arguments(p)
     p.add_argument("--device", type=str, default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
     p.add_argument("--engine", type=Optional[str], default=None,
@@ -88,6 +89,17 @@ def _explain_parser() -> ArgumentParser:
                         "f32 | bf16 | f16 | auto (auto: the device's default, bf16 on CPUs with AVX512-BF16)")
     p.add_argument("--progress", type=bool, default=True, help="show a progress bar on a terminal")
     return p
+
+
+def _rise_arguments(p: ArgumentParser) -> None:
+    p.add_argument("--num_masks", type=int, default=5000, help="rise: random masks per image (as OpenVINO XAI)")
+    p.add_argument("--num_cells", type=int, default=8, help="rise: cells a side of the random grid")
+    p.add_argument("--prob", type=float, default=0.5, help="rise: probability that a cell is kept")
+    p.add_argument("--seed", type=int, default=0, help="rise: seed of the masks (the same masks for every image)")
+
+
+def _rise_options(a) -> dict:
+    return dict(num_masks=a.num_masks, num_cells=a.num_cells, prob=a.prob, seed=a.seed)
 
 
 def _export_parser() -> ArgumentParser:
@@ -178,7 +190,7 @@ def _explain(a) -> int:
         progress=a.progress, precision=a.precision, engine=a.engine,
         preprocess=recipe.preprocess if recipe else None, labels=recipe.labels if recipe else None,
         target_layer=recipe.target_layer if recipe else None,
-        explain_options=_detection_options(recipe, model, a))
+        explain_options={**(_detection_options(recipe, model, a) or {}), **_rise_options(a)})
     return 0 if summary.images > 0 else 1
 
 

@@ -133,20 +133,33 @@ def _file_scorer(path: Path, score: str, batch_size: int) -> Scorer:
         model = core.read_model(str(path))
     except Exception as exc:
         raise ScorerError(f"{path}: OpenVINO cannot read it ({str(exc).splitlines()[0]})") from None
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    static = core.compile_model(model, "CPU", config)
+    compiled, dynamic = static, False
     shape = model.inputs[0].get_partial_shape()
     if shape.rank.is_static and shape.rank.get_length() == 4 and shape[0].is_static:
         try:  # one compiled model for every chunk size
             model.reshape({model.inputs[0].get_any_name(): ov.PartialShape([-1, *list(shape)[1:]])})
+            compiled, dynamic = core.compile_model(model, "CPU", config), True
         except Exception:
             pass
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    names = [o.get_any_name() for o in compiled.outputs]
-    output = compiled.outputs[names.index("logits")] if "logits" in names else compiled.outputs[0]
-    request = compiled.create_infer_request()
+    state = {"batched": compiled}
+
+    def run(net, x: np.ndarray) -> torch.Tensor:
+        names = [o.get_any_name() for o in net.outputs]
+        output = net.outputs[names.index("logits")] if "logits" in names else net.outputs[0]
+        return torch.from_numpy(np.array(net.create_infer_request().infer({0: x})[output]))
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        result = request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
-        return _apply_score(torch.from_numpy(np.array(result[output])), score)
+        a = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        if state["batched"] is not None:
+            try:
+                return _apply_score(run(state["batched"], a), score)
+            except RuntimeError:
+                if not dynamic or a.shape[0] == 1:
+                    raise
+                state["batched"] = None  # a graph traced at batch 1 (constants of that batch): one at a time
+        return _apply_score(torch.cat([run(static, a[i:i + 1]) for i in range(a.shape[0])]), score)
 
     return Scorer(fn, batch_size, torch.device("cpu"), str(path), multilabel=score == "sigmoid")
 
