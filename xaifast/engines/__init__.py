@@ -51,6 +51,14 @@ def make_engine(model, config, *, engine: Optional[str] = None, precision: str =
 
     if isinstance(model, Engine):
         return model
+    from ..algorithms import is_black_box
+
+    if is_black_box(config.algorithm):
+        from .blackbox import BlackBoxAdapter, RiseEngine
+
+        adapter = BlackBoxAdapter(model, preprocess=adapter_options.get("preprocess"),
+                                  labels=adapter_options.get("labels"))
+        return RiseEngine(adapter)
     adapter = make_adapter(model, algorithm=config.algorithm, precision=precision, **adapter_options)
     if isinstance(adapter, OpenVINOAdapter):
         return ExportedEngine(adapter)
