@@ -217,7 +217,8 @@ def test_bad_input_is_a_clear_error(images, recipe):
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """One local Ray cluster (2 CPUs) for the module, started from a scratch folder: Ray workers
-    start in the driver's folder, and the repository root would shadow the installed package."""
+    start in the driver's folder and put it on sys.path, where the repository root's xaifast/
+    source folder would shadow the installed package."""
     ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'xaifast[ray]' (CI installs it)")
     pytest.importorskip("ray.data", reason="ray[data] is not installed: pip install 'xaifast[ray]'")
     old = os.getcwd()
@@ -239,8 +240,11 @@ def test_ray_workers_import_the_installed_package(ray_cluster):
         return xaifast.ray.__file__, os.getcwd()
 
     file, cwd = ray_cluster.get(where.remote())
+    import xaifast.ray
+
     repo = Path(__file__).resolve().parents[1]
-    assert not Path(file).resolve().is_relative_to(repo), file
+    assert not Path(file).resolve().is_relative_to(repo / "xaifast"), file  # not the source folder
+    assert Path(file).resolve() == Path(xaifast.ray.__file__).resolve()  # the driver's installed package
     assert Path(cwd).resolve() != repo
 
 
@@ -264,14 +268,18 @@ def test_ray_readme_flow_to_parquet(ray_cluster, images, recipe, tmp_path):
 
 
 def test_ray_paths_with_a_bad_file(ray_cluster, images, recipe, tmp_path):
-    """A dataset of paths, one missing: its row is reported (error), the others equal xaifast.explain."""
+    """A dataset of paths, one missing: its row is reported (error), the others equal xaifast.explain,
+    also after a round trip through Parquet."""
     ray = ray_cluster
     missing = str(tmp_path / "missing.png")
     paths = images[:3] + [missing] + images[3:]
     ds = ray.data.from_items([{"path": p} for p in paths])
-    rows = ds.map_batches(SaliencyPredictor, batch_size=3, compute=ray.data.ActorPoolStrategy(size=1),
-                          fn_constructor_kwargs=dict(model=recipe[0], checkpoint=recipe[1],
-                                                     target_explain_group="PREDICTIONS", engine="pytorch")).take_all()
+    explained = ds.map_batches(SaliencyPredictor, batch_size=3, compute=ray.data.ActorPoolStrategy(size=1),
+                               fn_constructor_kwargs=dict(model=recipe[0], checkpoint=recipe[1],
+                                                          target_explain_group="PREDICTIONS", engine="pytorch"))
+    # through Parquet: the reported row's empty maps make its block's columns variable-shaped tensors
+    explained.write_parquet(str(tmp_path / "explanations"))
+    rows = ray.data.read_parquet(str(tmp_path / "explanations")).take_all()
     ref = reference(recipe, images, batch_size=16, target_explain_group="PREDICTIONS")
     assert sorted(r["path"] for r in rows) == sorted(paths)
     for row in rows:
