@@ -148,6 +148,33 @@ def test_one_shape_image_batch_and_gray(images, recipe):
         np.testing.assert_array_equal(a, b)
 
 
+def test_model_built_once_and_module_models(images, recipe, monkeypatch):
+    """The model and its engine are built in the constructor only (a Ray actor's __init__): batches
+    never rebuild them. An nn.Module with preprocess= gives the recipe's columns."""
+    import xaifast.engines
+    from xaifast.recipe import Recipe, load_recipe
+
+    predictor = SaliencyPredictor(recipe[0], recipe[1], engine="pytorch", batch_size=1)
+    first = predictor({"path": np.array(images[:2])})
+
+    def built(*args, **kwargs):
+        raise AssertionError("a batch rebuilt the model or its engine")
+
+    monkeypatch.setattr(Recipe, "build", built)
+    monkeypatch.setattr(xaifast.engines, "make_engine", built)
+    again = predictor({"path": np.array(images[:2])})
+    for a, b in zip(first["maps"], again["maps"]):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.undo()
+
+    r = load_recipe(recipe[0])
+    module = SaliencyPredictor(r.build(recipe[1]), preprocess=r.preprocess, engine="pytorch", batch_size=1,
+                               explain_config=xaifast.ExplainConfig(target_explain_group="ALL"))
+    out = module({"path": np.array(images[:2])})
+    for a, b in zip(first["maps"], out["maps"]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_detector_columns(images):
     """Detectors: det_boxes / det_scores / det_labels in the image's pixels, as xaifast.explain's."""
     from xaifast.recipe import load_recipe

@@ -90,7 +90,8 @@ class SaliencyPredictor:
     top: how many of the best classes `top_classes` / `top_scores` hold (5).
     **options: anything `xaifast.explain` takes: target_layer, preprocess, labels, spec, ...,
         batch_size (images per forward, default 16; the Ray batch is cut into such batches),
-        engine (auto | openvino | pytorch), precision, memory_budget_mb, num_workers (decoding
+        engine (auto | openvino | pytorch; auto runs CNN classifiers on CPU with OpenVINO, converted
+        once per actor: a Ray dataset counts as large), precision, memory_budget_mb, num_workers (decoding
         threads; default: the CPUs Ray gave the actor, $OMP_NUM_THREADS), max_image_pixels,
         cls_token, use_fast_path, feature_level, score_threshold, map_size.
 
