@@ -28,7 +28,7 @@ SOURCES := $(shell find xaifast kernels csrc -type f -not -path '*/__pycache__/*
 PYTEST := $(PY) -P -m pytest
 PYTEST_ARGS ?=
 
-.PHONY: venv build test demo bench wheel clean
+.PHONY: venv build test demo bench wheel clean gpu-check gpu-wheels
 
 # venv: create .venv and install torch (first, from the local file), then the
 # other dependencies. Idempotent: re-runs only when pyproject.toml changes.
@@ -70,6 +70,23 @@ bench: build
 # wheel: build a wheel into dist/ with the .venv toolchain (no isolation).
 wheel: $(VENV)/.deps-installed
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .
+
+# gpu-check: on a CUDA machine with its own torch, triton, numba, OpenCV, pybind11 and
+# scikit-build-core (no .venv, no network): build xaifast against that torch into
+# build/gpu-check/site, run the CUDA and Triton tests and the GPU benchmarks, print every figure
+# (scripts/gpu_check.py; under 8 minutes). Missing pure-Python dependencies come from WHEELS
+# (see gpu-wheels). Without a GPU it says so and exits 0. GPU_CHECK_ARGS: e.g. --dry-run, --only bench-gpu.
+GPU_PYTHON ?= python3
+WHEELS ?=
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py $(if $(WHEELS),--wheels $(WHEELS)) $(GPU_CHECK_ARGS)
+
+# gpu-wheels: (networked machine) download into WHEELS (default gpu-wheels/) the wheels that the GPU
+# machine may miss, for GPU_PYTHON_VERSIONS (default 3.10-3.13) and GPU_PLATFORM (manylinux_2_28_x86_64).
+gpu-wheels:
+	$(PYTHON) scripts/gpu_check.py --download-wheels $(or $(WHEELS),gpu-wheels) \
+	    $(if $(GPU_PYTHON_VERSIONS),--python-versions "$(GPU_PYTHON_VERSIONS)") $(if $(GPU_PLATFORM),--platform $(GPU_PLATFORM))
 
 # clean: remove build outputs (keeps .venv; `rm -rf .venv` for a full reset).
 clean:

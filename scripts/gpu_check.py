@@ -107,6 +107,7 @@ class Context:
     rehearsal: bool
     compile_rows: bool
     photos: int
+    budget: float = DEFAULT_BUDGET_S
     deadline: float = 0.0
     env: Dict[str, str] = field(default_factory=dict)
     missing: Set[str] = field(default_factory=set)
@@ -454,7 +455,7 @@ def download_wheels(dest: Path, versions: Sequence[str], platform: str) -> int:
 
 # ------------------------------------------------------------------------------------- main
 def plan_lines(ctx: Context) -> List[str]:
-    lines = [f"gpu-check plan (python {sys.executable}; work folder {ctx.work}; budget {int(ctx.deadline)} s"
+    lines = [f"gpu-check plan (python {sys.executable}; work folder {ctx.work}; budget {int(ctx.budget)} s"
              f"{'; CPU rehearsal' if ctx.rehearsal else ''}):",
              "  detect        torch.cuda.is_available() in this python (no GPU: say so, exit 0)"]
     for step, _ in STEPS:
@@ -501,7 +502,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     ctx = Context(work=a.work.resolve(), wheels=a.wheels.resolve() if a.wheels else None,
                   rehearsal=a.cpu_rehearsal, compile_rows=a.compile, photos=a.photos)
-    ctx.deadline = a.budget
+    ctx.budget = a.budget
     only = {s for s in a.only.split(",") if s}
     unknown = only - {s.name for s, _ in STEPS}
     if unknown:
