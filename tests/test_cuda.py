@@ -82,7 +82,7 @@ def test_auto_picks_triton_on_cuda():
 
 
 # ------------------------------------------------------------------------------------ kernels
-@pytest.mark.parametrize("shape", _sizes([(2, 3, 4, 5), (1, 1, 1, 1)], [(8, 1000, 7, 7), (4, 20, 23, 31)]),
+@pytest.mark.parametrize("shape", _sizes([(2, 3, 4, 5), (1, 1, 1, 1)], [(4, 1000, 7, 7), (4, 20, 23, 31)]),
                          ids=lambda s: "x".join(map(str, s)))
 def test_normalize_matches_float64_reference(shape, rng):
     maps = torch.from_numpy(rng.standard_normal(shape).astype(np.float32) * rng.uniform(1e-3, 1e3))
@@ -125,7 +125,7 @@ def test_gap_pooling_matches_float64_reference(shape, dtype, mask):
 
 @pytest.mark.parametrize("mask", ["1x1", "gaussian"])
 @pytest.mark.parametrize("layout", ["contig", "cl"])
-@pytest.mark.parametrize("shape,start,count", _sizes([((2, 3, 3, 5), 7, 20)], [((4, 256, 14, 14), 100, 500)]),
+@pytest.mark.parametrize("shape,start,count", _sizes([((2, 3, 3, 5), 7, 20)], [((4, 64, 14, 14), 100, 500)]),
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
 def test_mosaic_matches_float64_reference(shape, start, count, layout, mask):
     B, C, H, W = shape
@@ -141,7 +141,7 @@ def test_mosaic_matches_float64_reference(shape, start, count, layout, mask):
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid", "none"])
-@pytest.mark.parametrize("shape", _sizes([(2, 3, 4, 5)], [(16, 7, 7, 1000), (2, 14, 14, 37)]),
+@pytest.mark.parametrize("shape", _sizes([(2, 3, 4, 5)], [(4, 7, 7, 1000), (2, 14, 14, 37)]),
                          ids=lambda s: "x".join(map(str, s)))
 def test_epilogue_matches_float64_reference(shape, kind, rng):
     B, H, W, K = shape
@@ -186,8 +186,8 @@ def test_weighted_attention_equals_repeated_keys(rng):
 
 
 DET_CASES = _sizes([(2, 3, [(7, 5), (4, 3)], [3, 1], None, True)],
-                   [(8, 20, [(92, 124), (46, 62), (23, 31), (12, 16), (6, 8)], 9, None, True),
-                    (4, 80, [(40, 40), (20, 20), (10, 10)], 1, (32, 32), False)])
+                   [(2, 20, [(92, 124), (46, 62), (23, 31), (12, 16), (6, 8)], 9, None, True),  # ATSS-sized
+                    (2, 16, [(40, 40), (20, 20), (10, 10)], 1, (16, 16), False)])  # (the reference is a Python loop)
 
 
 @pytest.mark.parametrize("case", DET_CASES, ids=lambda c: f"b{c[0]}-k{c[1]}-l{len(c[2])}")

@@ -12,7 +12,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.py"
-STEPS = ["deps", "build", "tests-cuda", "tests-triton", "bench-gpu", "bench-vit", "bench-det", "torchrun"]
+STEPS = ["deps", "build", "tests-cuda", "bench-gpu", "bench-vit", "bench-det", "torchrun", "tests-triton"]
 
 if not SCRIPT.is_file():
     pytest.skip(f"{SCRIPT} is not in this checkout", allow_module_level=True)
@@ -95,6 +95,8 @@ def test_figures_are_taken_from_pytest_sections(gpu_check):
         "....s.", "=============== warnings summary ===============", "some warning",
         "======= xaifast GPU benchmark summary (same run) =======",
         "| gap_fp32_b64 | xaifast | 64 | 12.00 |", "", "goal gap_fp32_b64: xaifast / forward throughput = 0.950 (>= 0.9: met)",
+        "--------- benchmark 'gap_fp32_b64': 5 tests ---------", "Name (time in ms)   Median", "test_x  12.0 (1.0)",
+        "Legend:", "  OPS: Operations Per Second, computed as 1 / Mean",
         "=========== short test summary info ===========", "SKIPPED [1] x.py:3: no triton",
         "============ 11 passed, 1 skipped in 42.17s ============",
     ])
