@@ -83,10 +83,10 @@ gpu-check:
 	$(GPU_PYTHON) scripts/gpu_check.py $(if $(WHEELS),--wheels $(WHEELS)) $(GPU_CHECK_ARGS)
 
 # gpu-wheels: (networked machine) download into WHEELS (default gpu-wheels/) the wheels that the GPU
-# machine may miss, for GPU_PYTHON_VERSIONS (default 3.10-3.13) and GPU_PLATFORM (manylinux_2_28_x86_64).
+# machine may miss, for GPU_PYTHON_VERSIONS (default 3.10-3.13) and GPU_PLATFORM (the manylinux x86-64 tags up to 2_28, space-separated).
 gpu-wheels:
 	$(PYTHON) scripts/gpu_check.py --download-wheels $(or $(WHEELS),gpu-wheels) \
-	    $(if $(GPU_PYTHON_VERSIONS),--python-versions "$(GPU_PYTHON_VERSIONS)") $(if $(GPU_PLATFORM),--platform $(GPU_PLATFORM))
+	    $(if $(GPU_PYTHON_VERSIONS),--python-versions "$(GPU_PYTHON_VERSIONS)") $(if $(GPU_PLATFORM),--platform "$(GPU_PLATFORM)")
 
 # clean: remove build outputs (keeps .venv; `rm -rf .venv` for a full reset).
 clean:

