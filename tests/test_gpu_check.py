@@ -118,3 +118,47 @@ def test_gpu_present_but_unusable_torch_is_an_error(tmp_path):
     proc = _run([sys.executable, str(SCRIPT), "--work", str(tmp_path / "w")], tmp_path, env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "nvidia-smi lists 1 GPU(s)" in proc.stderr and "CUDA build of torch" in proc.stderr
+
+
+def _probe_wheel(folder: Path) -> str:
+    """A minimal pure-Python wheel (project xaifast-gpu-probe, module xaifast_gpu_probe)."""
+    import zipfile
+
+    folder.mkdir(exist_ok=True)
+    name = "xaifast_gpu_probe-0.1-py3-none-any.whl"
+    info = "xaifast_gpu_probe-0.1.dist-info"
+    files = {"xaifast_gpu_probe/__init__.py": "VALUE = 42\n",
+             f"{info}/METADATA": "Metadata-Version: 2.1\nName: xaifast-gpu-probe\nVersion: 0.1\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{p},,\n" for p in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(folder / name, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return name
+
+
+def test_deps_step_installs_missing_wheels_offline_into_the_site_folder(gpu_check, tmp_path, monkeypatch):
+    """The real pip path (--no-index --find-links --no-deps --target): a missing project is installed into
+    the site folder, an installed one (numpy) and a machine one (torch) are not; nothing else changes."""
+    wheels = tmp_path / "wheels"
+    _probe_wheel(wheels)
+    _touch_wheel(wheels, "torch-2.11.0-cp311-cp311-manylinux_2_28_x86_64.whl")  # never considered
+    _touch_wheel(wheels, "numpy-9.0.0-cp311-cp311-manylinux_2_28_x86_64.whl")   # installed: never considered
+    ctx = gpu_check.Context(work=tmp_path / "work", wheels=wheels, rehearsal=True, compile_rows=False, photos=8)
+    ctx.deadline = gpu_check.time.monotonic() + 120
+    ctx.logs.mkdir(parents=True)
+    ctx.env = dict(os.environ, PYTHONPATH=str(ctx.site), PIP_NO_INDEX="1")
+    # the import check after the install: the probe (from the site folder) and two that are (not) there
+    monkeypatch.setattr(gpu_check, "MODULES", {"numpy": "x", "xaifast_gpu_probe": "x", "no_such_module_x": "y"})
+    step = gpu_check.Step("deps", "test", 120)
+    gpu_check.step_deps(ctx, step)
+    assert step.result == "ok", (step.result, step.figures, (ctx.logs / "deps.log").read_text()[-2000:])
+    assert (ctx.site / "xaifast_gpu_probe" / "__init__.py").read_text() == "VALUE = 42\n"
+    assert not list(ctx.site.glob("torch*")) and not list(ctx.site.glob("numpy*"))
+    assert any("xaifast-gpu-probe" in f for f in step.figures), step.figures
+    assert ctx.missing == {"no_such_module_x"}
+    assert any(f.startswith("missing: no_such_module_x (y)") for f in step.figures), step.figures
+    # a second run finds it installed (in the site folder) and installs nothing
+    step2 = gpu_check.Step("deps", "test", 120)
+    gpu_check.step_deps(ctx, step2)
+    assert any("nothing (all present)" in f for f in step2.figures), step2.figures
