@@ -180,12 +180,13 @@ def pytest_sections(text: str, keep=lambda title: "summary" in title) -> List[st
             table = "OPS: Operations Per Second" not in line
             continue
         m = head.match(line.strip())
+        title = m.group(1) if m else line.strip()
+        if re.match(r"^(\d+ [a-z]+(, \d+ [a-z]+)*|no tests ran) in [\d.]+s\b", title):
+            # pytest's last line (with -q: without the === bars)
+            out.append(f"pytest: {title}")
+            inside = False
+            continue
         if m:
-            title = m.group(1)
-            if re.search(r"\b(passed|failed|error|skipped|deselected|no tests ran)\b", title) and " in " in title:
-                out.append(f"pytest: {title}")
-                inside = False
-                continue
             inside = keep(title)
             if inside:
                 out.append(f"-- {title}")

@@ -106,6 +106,9 @@ def test_figures_are_taken_from_pytest_sections(gpu_check):
                      "pytest: 11 passed, 1 skipped in 42.17s"]
     failed = gpu_check.pytest_sections("F\n===== 1 failed, 2 passed in 3.00s =====", keep=lambda t: False)
     assert failed == ["pytest: 1 failed, 2 passed in 3.00s"]
+    quiet = gpu_check.pytest_sections("....\n12 passed in 101.31s (0:01:41)\n", keep=lambda t: False)  # -q
+    assert quiet == ["pytest: 12 passed in 101.31s (0:01:41)"]
+    assert gpu_check.pytest_sections("3 passed the test in 2.0s of\n", keep=lambda t: False) == []
 
 
 def test_gpu_present_but_unusable_torch_is_an_error(tmp_path):
