@@ -24,7 +24,8 @@ def make_adapter(model, *, target_layer=None, backbone=None, head=None, preproce
     if isinstance(model, (ClassifierAdapter, ViTAdapter, OpenVINOAdapter, DetectionAdapter)):
         return model
     if is_exported_model(model):
-        return OpenVINOAdapter(model, precision=precision, preprocess=preprocess, labels=labels)
+        return OpenVINOAdapter(model, precision=precision, preprocess=preprocess, labels=labels,
+                               target_layer=target_layer)
     if is_detection_model(model, spec):
         return DetectionAdapter(model, spec, preprocess=preprocess, labels=labels)
     if isinstance(model, torch.nn.Module) and backbone is None and head is None:
