@@ -152,11 +152,11 @@ def select_engine(adapter, engine: Optional[str], precision: Optional[str], conf
     detectors) or an `OpenVINOEngine` around it.
 
     engine "pytorch": always PyTorch. "openvino": the OpenVINO engine, or an EngineError saying why
-    it cannot run. "auto" (default, or $XAIFAST_ENGINE): OpenVINO for CNN classifiers given as an
-    nn.Module on CPU with recipro_cam / activationmap / eigencam (the same maps, faster); PyTorch
-    for everything else: CUDA models, backbone=/head= callables, detectors, and transformers (the
-    PyTorch engine's exact fast path re-runs only distinct tokens, while the converted graph holds
-    the plain re-inference of every masked token set, which is slower). A model whose conversion
+    it cannot run. "auto" (default, or $XAIFAST_ENGINE): OpenVINO for CNN classifiers and
+    transformers given as an nn.Module on CPU with recipro_cam / vit_recipro_cam / activationmap /
+    eigencam (the same maps, faster; transformers only when the graph holds the distinct-token fast
+    path, not the naive re-inference of every masked token set); PyTorch for everything else: CUDA
+    models, backbone=/head= callables, detectors. A model whose conversion
     fails (or whose converted outputs differ) falls back to PyTorch with one warning under auto.
     Under auto, an input of fewer than AUTO_MIN_IMAGES images uses OpenVINO only when the model is
     already converted (this process or the disk cache): a conversion would cost more than it saves.
@@ -179,10 +179,19 @@ def select_engine(adapter, engine: Optional[str], precision: Optional[str], conf
         if explicit:
             raise EngineError(f"engine='openvino' cannot explain this model: {reason}; use engine='pytorch'")
         return adapter
-    if name == "auto" and adapter.kind == "transformer":
-        return adapter
+    if name == "auto" and adapter.kind == "transformer" and not _vit_fast_graph(adapter):
+        return adapter  # the naive graph re-runs every masked token set: PyTorch
     return OpenVINOEngine(adapter, precision=precision, explicit=explicit,
                           expected_images=image_count(data) if name == "auto" else None)
+
+
+def _vit_fast_graph(adapter) -> bool:
+    """Whether the transformer's graph would hold the distinct-token fast path: the adapter's verdict
+    once it verified the model, else whether every block's attention is re-implementable."""
+    rest = adapter.rest()
+    if getattr(adapter, "_state", None) is not None and adapter._state.verified:
+        return rest.fast_ok
+    return all(b.parts is not None for b in [rest.target] + list(rest.after))
 
 
 # ------------------------------------------------------------------------------ fingerprints
