@@ -54,14 +54,14 @@ ENGINES = ("auto", "openvino", "pytorch")
 ENGINE_ENV = "XAIFAST_ENGINE"
 CACHE_ENV = "XAIFAST_CACHE_DIR"
 #: Bumped whenever the engine's graph or cache layout changes (old disk entries are then ignored).
-CACHE_FORMAT = 2  # 2: Recipro-CAM cell logits of an affine head as a 1x1 convolution
+CACHE_FORMAT = 3  # 2: Recipro-CAM cell logits of an affine head as a 1x1 convolution; 3: ViT fast path graph
 #: Algorithms the engine runs, per model kind (what the graph computes: see _graph_algorithm).
 ENGINE_ALGORITHMS = {"cnn_classifier": ("recipro_cam", "activationmap", "eigencam"),
                      "transformer": ("vit_recipro_cam", "activationmap", "eigencam")}
 #: How many compiled models the process keeps (least recently used ones are dropped).
 MAX_COMPILED = 8
-#: Memory one transformer inference may use for the masked token sets (the graph holds the plain
-#: re-inference of every cell); larger batches are split into several requests.
+#: Memory one transformer inference may use for the masked token sets (the distinct tokens of every
+#: cell, or the full T_p of every cell in the naive graph); larger batches are split into several requests.
 VIT_REQUEST_BUDGET_BYTES = 1 << 30
 #: engine="auto" converts a model only for inputs of at least this many images (or of unknown
 #: length): the first conversion costs seconds (ResNet-50: ~15 s) that a handful of images never
@@ -152,11 +152,11 @@ def select_engine(adapter, engine: Optional[str], precision: Optional[str], conf
     detectors) or an `OpenVINOEngine` around it.
 
     engine "pytorch": always PyTorch. "openvino": the OpenVINO engine, or an EngineError saying why
-    it cannot run. "auto" (default, or $XAIFAST_ENGINE): OpenVINO for CNN classifiers given as an
-    nn.Module on CPU with recipro_cam / activationmap / eigencam (the same maps, faster); PyTorch
-    for everything else: CUDA models, backbone=/head= callables, detectors, and transformers (the
-    PyTorch engine's exact fast path re-runs only distinct tokens, while the converted graph holds
-    the plain re-inference of every masked token set, which is slower). A model whose conversion
+    it cannot run. "auto" (default, or $XAIFAST_ENGINE): OpenVINO for CNN classifiers and
+    transformers given as an nn.Module on CPU with recipro_cam / vit_recipro_cam / activationmap /
+    eigencam (the same maps, faster; transformers only when the graph holds the distinct-token fast
+    path, not the naive re-inference of every masked token set); PyTorch for everything else: CUDA
+    models, backbone=/head= callables, detectors. A model whose conversion
     fails (or whose converted outputs differ) falls back to PyTorch with one warning under auto.
     Under auto, an input of fewer than AUTO_MIN_IMAGES images uses OpenVINO only when the model is
     already converted (this process or the disk cache): a conversion would cost more than it saves.
@@ -179,10 +179,19 @@ def select_engine(adapter, engine: Optional[str], precision: Optional[str], conf
         if explicit:
             raise EngineError(f"engine='openvino' cannot explain this model: {reason}; use engine='pytorch'")
         return adapter
-    if name == "auto" and adapter.kind == "transformer":
-        return adapter
+    if name == "auto" and adapter.kind == "transformer" and not _vit_fast_graph(adapter):
+        return adapter  # the naive graph re-runs every masked token set: PyTorch
     return OpenVINOEngine(adapter, precision=precision, explicit=explicit,
                           expected_images=image_count(data) if name == "auto" else None)
+
+
+def _vit_fast_graph(adapter) -> bool:
+    """Whether the transformer's graph would hold the distinct-token fast path: the adapter's verdict
+    once it verified the model, else whether every block's attention is re-implementable."""
+    rest = adapter.rest()
+    if getattr(adapter, "_state", None) is not None and adapter._state.verified:
+        return rest.fast_ok
+    return all(b.parts is not None for b in [rest.target] + list(rest.after))
 
 
 # ------------------------------------------------------------------------------ fingerprints
@@ -388,7 +397,8 @@ class OpenVINOEngine(Engine):
                 tuple(int(s) for s in shape),
                 graph_algorithm, keep, run.mask if class_wise else None, run.score if class_wise else None,
                 getattr(self.inner, "target_layer", None), getattr(self.inner, "target_block", None) if vit else None,
-                bool(run.vit_options.get("cls_token", True)) if vit and class_wise else None)
+                bool(run.vit_options.get("cls_token", True)) if vit and class_wise else None,
+                bool(run.vit_options.get("use_fast_path", True)) if vit and class_wise else None)
 
     def _example(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.array(x[:2]))
@@ -415,9 +425,12 @@ class OpenVINOEngine(Engine):
         feature, logits = inner.forward(example)
         if self.kind == "transformer":
             graph = ViTExplainGraph(inner, feature.grid, feature.num_aux, graph_algorithm, run.mask, run.score,
-                                    bool(run.vit_options.get("cls_token", True)), raw_maps=True)
+                                    bool(run.vit_options.get("cls_token", True)), raw_maps=True,
+                                    use_fast_path=bool(run.vit_options.get("use_fast_path", True)))
             cells, tokens, dim = feature.grid[0] * feature.grid[1], feature.tokens.shape[1], feature.tokens.shape[2]
-            per_image = cells * tokens * dim * 4 * 12  # masked token sets and their activations
+            if graph.fast is not None:  # the distinct tokens of every cell
+                tokens = graph.fast.U
+            per_image = cells * tokens * dim * 4 * 12 if graph.graph else 0  # masked token sets, activations
         else:
             head = inner.head(feature) if graph_algorithm == "recipro_cam" else Head(full=None)
             graph = ExplainGraph(inner.model, inner.target.name, inner.target.call_index, head, tuple(feature.shape),
@@ -431,7 +444,8 @@ class OpenVINOEngine(Engine):
             ov_model.remove_result(ov_model.get_results()[index])
         STATS["conversions"] += 1
         meta = {"format": CACHE_FORMAT, "names": names, "kind": self.kind, "algorithm": run.algorithm,
-                "num_classes": int(logits.shape[1]), "per_image_bytes": per_image, "versions": _versions()}
+                "num_classes": int(logits.shape[1]), "per_image_bytes": per_image, "versions": _versions(),
+                "graph": getattr(graph, "graph", None)}
         return ov_model, meta, lambda compiled: self._verify(compiled, example, feature, logits, run, names)
 
     def _verify(self, compiled, example: torch.Tensor, feature, logits: torch.Tensor, run, names) -> None:
@@ -450,6 +464,12 @@ class OpenVINOEngine(Engine):
 
                 ref = recipro_cam(feature, self.inner.head(feature), run.mask, run.score).raw.numpy()
                 checks.append(("Recipro-CAM maps", got[1], ref))
+        elif run.algorithm == "vit_recipro_cam":
+            from ..algorithms import vit_recipro_cam
+
+            ref = vit_recipro_cam(feature, self.inner.rest(feature), run.mask, run.score,
+                                  cls_token=bool(run.vit_options.get("cls_token", True))).raw.numpy()
+            checks.append(("ViT Recipro-CAM maps", got[1], ref))
         for what, a, b in checks:
             if a.shape != b.shape:
                 raise EngineError(f"the converted model's {what} have shape {list(a.shape)}, PyTorch's {list(b.shape)}")
