@@ -24,6 +24,12 @@ Execution overlaps loading, inference and postprocessing: a reader thread decode
 next batches (bounded queue) while OpenVINO runs batch n+1.. on its own threads (async infer
 requests, GIL released) and the caller normalizes and yields batch n. Explanations come out in
 input order; unreadable inputs are still skipped and listed in `run.failures`.
+
+The model is compiled with the THROUGHPUT hint (several streams of a few cores each) and each batch
+runs as one request per stream (`SPLIT_BATCHES`, `_Compiled.parts`), so a batch alone (one
+`saliency_maps` call per batch from the caller's loop) uses every core. Splitting changes no bit:
+it is used only where the compiled model gives an image the same outputs whatever its batch
+(`_Compiled.check_batch_invariant`, once per compiled model).
 """
 from __future__ import annotations
 
