@@ -24,6 +24,12 @@ Execution overlaps loading, inference and postprocessing: a reader thread decode
 next batches (bounded queue) while OpenVINO runs batch n+1.. on its own threads (async infer
 requests, GIL released) and the caller normalizes and yields batch n. Explanations come out in
 input order; unreadable inputs are still skipped and listed in `run.failures`.
+
+The model is compiled with the THROUGHPUT hint (several streams of a few cores each) and each batch
+runs as one request per stream (`SPLIT_BATCHES`, `_Compiled.parts`), so a batch alone (one
+`saliency_maps` call per batch from the caller's loop) uses every core. Splitting changes no bit:
+it is used only where the compiled model gives an image the same outputs whatever its batch
+(`_Compiled.check_batch_invariant`, once per compiled model).
 """
 from __future__ import annotations
 
@@ -68,6 +74,12 @@ VIT_REQUEST_BUDGET_BYTES = 1 << 30
 #: pays back. Smaller inputs use a model already converted (in memory or on disk), else PyTorch.
 AUTO_MIN_IMAGES = 32
 PERFORMANCE_HINT = "THROUGHPUT"  # measured: >= LATENCY on the 2-core CI machine, batch 16 (2 streams)
+#: Split every batch into one sub-batch per stream of the compiled model (THROUGHPUT: several
+#: streams of a few cores each), so that one batch alone (a `saliency_maps` call per batch from
+#: the user's loop, the last batch of a run) keeps every core busy. Used only where the compiled
+#: model computes each image the same whatever the batch holds (checked once per compiled model:
+#: 3 images as one request vs as 1 + 2), so the maps are bit-identical split or not.
+SPLIT_BATCHES = True
 
 #: Counters for tests and diagnostics: conversions (torch.export + convert_model), disk_loads,
 #: compilations, memory_hits, fallbacks.
@@ -204,15 +216,23 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
-def _sample(t: torch.Tensor) -> torch.Tensor:
-    """A few values spread over the tensor (catches in-place writes through `.data`, which do not
-    bump PyTorch's version counter)."""
-    flat = t.detach().reshape(-1)
+def _sample_bytes(t: torch.Tensor) -> bytes:
+    """A few values spread over the tensor, as bytes (catches in-place writes through `.data`,
+    which do not bump PyTorch's version counter). numpy slicing where possible: this runs for
+    every tensor of the model on every call (~10 us per tensor with torch ops, ~1 us here)."""
+    flat = t.detach()
     n = flat.numel()
     if n == 0:
-        return torch.zeros(0, dtype=torch.float64)
+        return b""
     step = max(1, n // 7)
-    return torch.cat([flat[::step][:8], flat[-1:]]).to(torch.float64)
+    if flat.device.type == "cpu" and not flat.is_complex() and flat.dtype not in (torch.bfloat16, torch.float16):
+        try:
+            a = flat.numpy().reshape(-1)
+            return a[::step][:8].tobytes() + a[-1:].tobytes()
+        except (TypeError, RuntimeError):
+            pass
+    flat = flat.reshape(-1)
+    return torch.cat([flat[::step][:8], flat[-1:]]).to(torch.float64).cpu().numpy().tobytes()
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -224,8 +244,10 @@ def weights_digest(model: nn.Module) -> str:
     state = model.state_dict(keep_vars=True)
     tensors = [(k, v) for k, v in state.items() if isinstance(v, torch.Tensor)]
     quick = tuple((k, v.data_ptr(), v._version, v.dtype, tuple(v.shape)) for k, v in tensors)
-    samples = [_sample(v) for _, v in tensors if not v.is_complex()]
-    quick += (hashlib.sha1(torch.cat(samples).numpy().tobytes()).hexdigest() if samples else "",)
+    sampled = hashlib.sha1()
+    for _, v in tensors:
+        sampled.update(_sample_bytes(v))
+    quick += (sampled.hexdigest(),)
     memo = _WEIGHT_DIGESTS.get(model)
     if memo is not None and memo[0] == quick:
         return memo[1]
@@ -304,6 +326,37 @@ class _Compiled:
     depth: int  # requests kept in flight
     max_batch: int  # images per request (transformers: bounded by VIT_REQUEST_BUDGET_BYTES)
     source: object = None  # the IR: a path in the disk cache, or the in-memory ov.Model
+    streams: int = 1  # the compiled model's NUM_STREAMS (requests that run at the same time)
+    batch_invariant: Optional[bool] = None  # an image's outputs do not depend on its batch (None: unchecked)
+
+    def parts(self, n: int) -> List[Tuple[int, int]]:
+        """[start, stop) of the requests a batch of `n` images runs as: at most `max_batch` images
+        each, and one per stream (SPLIT_BATCHES, batch-invariant model), sizes differing by <= 1."""
+        count = -(-n // self.max_batch)
+        if SPLIT_BATCHES and self.batch_invariant:
+            count = max(count, min(n, self.streams))
+        bounds = [i * n // count for i in range(count + 1)]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def check_batch_invariant(self, x: np.ndarray) -> bool:
+        """Whether 3 images (rows of `x`, repeated when fewer) give the same outputs, bit for bit,
+        as one request of 3 and as requests of 1 and 2 (run once per compiled model, ~3 images'
+        inference on the streams). OpenVINO's CPU kernels reduce in an order that does not
+        depend on the batch, so this holds on the machines measured; where it does not, batches
+        are not split."""
+        if self.batch_invariant is None:
+            rows = np.ascontiguousarray(x[np.arange(3) % x.shape[0]])
+            chunks = [rows, rows[:1], rows[1:]]
+            requests = [self.compiled.create_infer_request() for _ in chunks]
+            for request, chunk in zip(requests, chunks):
+                request.start_async({0: chunk}, share_inputs=True)
+            for request in requests:
+                request.wait()
+            outs = [[request.get_output_tensor(i).data for i in range(len(self.names))] for request in requests]
+            self.batch_invariant = all(np.array_equal(whole, np.concatenate([a, b]))
+                                       for whole, a, b in zip(*outs))
+            STATS["batch_invariant" if self.batch_invariant else "batch_variant"] += 1
+        return self.batch_invariant
 
 
 _COMPILED: "collections.OrderedDict[tuple, _Compiled]" = collections.OrderedDict()
@@ -356,6 +409,8 @@ class _Job:
     batch: list
     part: int
     parts: int
+    start: int  # the request's rows in the batch: [start, start + len(x))
+    total: int  # images in the batch
     entry: _Compiled
     request: object
     x: np.ndarray  # kept alive while OpenVINO reads it (inputs are shared, not copied)
@@ -538,9 +593,13 @@ class OpenVINOEngine(Engine):
             source = str(folder / "model.xml") if written else ov_model
             compiled = checked if self.precision == "f32" else self._compile(core, source, blobs if written else None)
         depth = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        try:
+            streams = max(1, int(compiled.get_property("NUM_STREAMS")))
+        except Exception:  # a plugin without the property: requests that may run together
+            streams = depth
         per_image = int(meta.get("per_image_bytes") or 0)
         max_batch = max(1, VIT_REQUEST_BUDGET_BYTES // per_image) if per_image else 1 << 30
-        entry = _Compiled(compiled, list(meta["names"]), meta, depth, max_batch, source)
+        entry = _Compiled(compiled, list(meta["names"]), meta, depth, max_batch, source, min(streams, depth))
         with _LOCK:
             _COMPILED[full] = entry
             while len(_COMPILED) > MAX_COMPILED:
@@ -642,7 +701,8 @@ class OpenVINOEngine(Engine):
 
         A reader thread stacks the next batches (decoding files on the data pool) while up to
         `depth` inference requests run; the caller works on batch n while OpenVINO computes the
-        next ones."""
+        next ones. A batch runs as one request per stream (`_Compiled.parts`), so a batch alone
+        uses every core too; its parts are written into one array per output as they finish."""
         entries: Dict[tuple, _Compiled] = {}
         free: Dict[int, collections.deque] = {}
         pending: collections.deque = collections.deque()
@@ -655,11 +715,15 @@ class OpenVINOEngine(Engine):
             names = job.entry.names
             out = [job.request.get_output_tensor(i).data for i in range(len(names))]
             try:
-                if job.parts == 1:  # the usual case: read the request's buffers in place
+                if job.parts == 1:  # one request: read its buffers in place
                     return job.batch, self._finish([out], names, run, views=True)
-                outputs_of.setdefault(id(job.batch), []).append([a.copy() for a in out])
+                whole = outputs_of.get(id(job.batch))
+                if whole is None:
+                    whole = outputs_of[id(job.batch)] = [np.empty((job.total, *a.shape[1:]), a.dtype) for a in out]
+                for dst, a in zip(whole, out):
+                    dst[job.start:job.start + a.shape[0]] = a
                 if job.part == job.parts - 1:
-                    return job.batch, self._finish(outputs_of.pop(id(job.batch)), names, run, views=False)
+                    return job.batch, self._finish([outputs_of.pop(id(job.batch))], names, run, views=False)
                 return None
             finally:
                 free[id(job.entry)].append(job.request)
@@ -678,11 +742,14 @@ class OpenVINOEngine(Engine):
                 if pool is None:
                     pool = free[id(entry)] = collections.deque(entry.compiled.create_infer_request()
                                                                for _ in range(entry.depth + 1))
-                chunks = [x[i:i + entry.max_batch] for i in range(0, x.shape[0], entry.max_batch)]
-                for part, chunk in enumerate(chunks):
+                if SPLIT_BATCHES and entry.batch_invariant is None and min(x.shape[0], entry.streams) > 1:
+                    entry.check_batch_invariant(x)
+                parts = entry.parts(x.shape[0])
+                for part, (start, stop) in enumerate(parts):
                     request = pool.popleft()
+                    chunk = x[start:stop]
                     request.start_async({0: chunk}, share_inputs=True)
-                    pending.append(_Job(batch, part, len(chunks), entry, request, chunk))
+                    pending.append(_Job(batch, part, len(parts), start, x.shape[0], entry, request, chunk))
                     while len(pending) > entry.depth:
                         done = collect()
                         if done is not None:
