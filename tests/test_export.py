@@ -10,7 +10,6 @@ import torch
 
 import xaifast
 from xaifast.zoo import ConvHeadCNN, SmallCNN
-from xaifast.engines.exported import ExportedModelError
 
 ov = pytest.importorskip("openvino")
 
@@ -145,12 +144,13 @@ def test_metadata_and_outputs(tmp_path):
     assert all(list(e.saliency_map) == ["image"] and e.saliency_map["image"].shape == (4, 4) for e in exs)
 
 
-def test_export_without_explain_and_its_clear_error(tmp_path):
+def test_export_without_explain_is_explained_white_box_and_clear_errors(tmp_path):
     model = SmallCNN(num_classes=3).eval()
     path = xaifast.export(model, tmp_path / "plain.xml", explain=False, preprocess=xaifast.Preprocess(input_size=(32, 32)))
     assert [o.get_any_name() for o in ov.Core().read_model(str(path)).outputs] == ["logits"]
-    with pytest.raises(ExportedModelError, match="--explain True"):
-        xaifast.explain(path, torch.randn(1, 3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)  # Recipro-CAM inserted into the graph (tests/test_foreign_models.py)
+    torch.testing.assert_close(xaifast.saliency_maps(path, x), xaifast.saliency_maps(model, x, engine="pytorch"),
+                               rtol=1e-4, atol=1e-6)
     with pytest.raises(xaifast.XaifastError, match="eigencam"):
         xaifast.export(model, tmp_path / "e.xml", config=xaifast.ExplainConfig(algorithm="eigencam"))
     with pytest.raises(xaifast.XaifastError, match=".xml"):

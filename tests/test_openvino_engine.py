@@ -218,7 +218,12 @@ def test_auto_engine_choice(monkeypatch):
     from xaifast.zoo.vit import small_vit
 
     vit = small_vit(num_classes=3, img_size=32, patch_size=8, depth=2)
-    assert not isinstance(xaifast.explain(vit, torch.randn(40, 3, 32, 32)).engine, OpenVINOEngine)
+    # transformers whose graph holds the distinct-token fast path: OpenVINO (faster, benchmarks/RESULTS.md)
+    assert isinstance(xaifast.explain(vit, torch.randn(40, 3, 32, 32)).engine, OpenVINOEngine)
+    from test_vit_models import build
+
+    biased, size, *_ = build("timm_style_position_bias_param", torch.float32)  # naive graph: PyTorch
+    assert not isinstance(xaifast.explain(biased, torch.randn(40, 3, *size)).engine, OpenVINOEngine)
     assert isinstance(xaifast.explain(model, many, engine="pytorch").engine, PyTorchEngine)
     monkeypatch.setenv("XAIFAST_ENGINE", "pytorch")
     assert isinstance(xaifast.explain(model, many).engine, PyTorchEngine)

@@ -16,7 +16,7 @@ from torch import nn
 
 import xaifast
 from reference import assert_maps_close, assert_u8_within_one, mask_at, normalize_reference, score
-from xaifast.algorithms.vit_recipro_cam import vit_masked_logits
+from xaifast.algorithms.vit_recipro_cam import FastGraph, vit_masked_logits
 from xaifast.zoo.vit import small_vit
 from xaifast.adapters.vit import ViTAdapter
 
@@ -250,6 +250,10 @@ def test_fast_and_naive_equal_float64_loop_reference(name, k):
             assert rel_err(naive, ref) <= REL, case
             assert rel_err(fast, ref) <= REL, case
             assert rel_err(fast, naive) <= REL, case
+            if fast_expected:  # the fast path as static graph ops (the OpenVINO / exported graph), eager
+                graph = FastGraph(vit_rest, grid, aux, mask, cls_token).double()
+                with torch.no_grad():
+                    assert rel_err(graph(feature.tokens), ref) <= 1e-9, f"{case} FastGraph ({graph.mode})"
 
 
 def test_fallback_reasons_name_the_problem():

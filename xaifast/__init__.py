@@ -16,11 +16,13 @@ from .pipeline import AlgorithmOptions, ExplainRun, ModelOptions, RunOptions, ex
 from .exporter import export
 from .otx_engine import Engine
 from .reader import Run, open_run
+from .evaluation import EvaluateResult, evaluate
+from . import metrics
 from .postprocess import postprocess
 
 __version__ = "0.1.0"
 
-__all__ = ["Engine", "open_run", "Run", "explain", "saliency_maps", "postprocess", "export", "functional", "ExplainConfig", "TargetExplainGroup",
+__all__ = ["evaluate", "EvaluateResult", "metrics", "Engine", "open_run", "Run", "explain", "saliency_maps", "postprocess", "export", "functional", "ExplainConfig", "TargetExplainGroup",
            "Explanation", "ExplainRun", "ModelOptions", "RunOptions", "AlgorithmOptions", "DetectorSpec", "InstanceSegmentationSpec", "Preprocess", "read_image",
            "XaifastError", "ClassIndexError",
            "DataError", "ImageReadError", "ModelSplitError", "TargetLayerError", "__version__"]

@@ -21,7 +21,7 @@ from . import __version__
 DEFAULT_WORK_DIR = "xaifast-workspace"
 
 ALGORITHMS = ["auto", "classwisesaliencymap", "recipro_cam", "vit_recipro_cam", "det_class_probability_map", "instseg",
-              "activationmap", "eigencam"]
+              "activationmap", "eigencam", "rise"]
 GROUPS = ["ALL", "PREDICTIONS", "IMAGE", "CUSTOM"]
 
 
@@ -81,6 +81,7 @@ def _explain_parser() -> ArgumentParser:
     p.add_argument("--feature_level", type=int, default=-1,
                    help="detection / instance segmentation: the pyramid level activationmap / eigencam "
                         "explain (-1: the last, as OTX)")
+    _rise_arguments(p)
     p.add_argument("--device", type=str, default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
     p.add_argument("--engine", type=Optional[str], default=None,
@@ -91,6 +92,17 @@ def _explain_parser() -> ArgumentParser:
                         "f32 | bf16 | f16 | auto (auto: the device's default, bf16 on CPUs with AVX512-BF16)")
     p.add_argument("--progress", type=bool, default=True, help="show a progress bar on a terminal")
     return p
+
+
+def _rise_arguments(p: ArgumentParser) -> None:
+    p.add_argument("--num_masks", type=int, default=5000, help="rise: random masks per image (as OpenVINO XAI)")
+    p.add_argument("--num_cells", type=int, default=8, help="rise: cells a side of the random grid")
+    p.add_argument("--prob", type=float, default=0.5, help="rise: probability that a cell is kept")
+    p.add_argument("--seed", type=int, default=0, help="rise: seed of the masks (the same masks for every image)")
+
+
+def _rise_options(a) -> dict:
+    return dict(num_masks=a.num_masks, num_cells=a.num_cells, prob=a.prob, seed=a.seed)
 
 
 def _export_parser() -> ArgumentParser:
@@ -139,6 +151,29 @@ def _report_parser() -> ArgumentParser:
     return p
 
 
+def _evaluate_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Compare saliency algorithms on one model and dataset: the pointing game (with "
+                       "boxes), insertion / deletion AUC, ADCC and the time per image of each algorithm, printed and "
+                       "written to <work_dir>/<run>/evaluate/evaluate.json and evaluate.csv. The explained class of "
+                       "each image is its ground truth (class folders, COCO boxes), else the predicted class.")
+    p.add_argument("--config", type=Optional[str], default=None, help="recipe (YAML file or built-in name); "
+                   "default: efficientnet_lite0")
+    p.add_argument("--checkpoint", type=Optional[str], default=None,
+                   help="weights (.pth) for the recipe's model, or an exported .xml / .onnx model")
+    p.add_argument("--data_root", type=str, required=True, help="a folder of images (class folders give the "
+                   "ground truth), a COCO dataset folder or json, a text file of image paths, or one image")
+    p.add_argument("--algorithms", type=str, default=",".join(("recipro_cam", "activationmap", "eigencam", "rise")),
+                   help="comma-separated: recipro_cam, vit_recipro_cam, activationmap, eigencam, rise")
+    p.add_argument("--work_dir", type=str, default=DEFAULT_WORK_DIR, help="the run folder is made here")
+    p.add_argument("--steps", type=int, default=30, help="insertion / deletion steps")
+    p.add_argument("--metrics", type=str, default="pointing_game,insertion_deletion,adcc", help="comma-separated")
+    p.add_argument("--max_images", type=Optional[int], default=None, help="evaluate the first N images only")
+    p.add_argument("--batch_size", type=int, default=16, help="images per forward pass of the CAM methods")
+    p.add_argument("--score_batch_size", type=int, default=64, help="perturbed images per model call (metrics, rise)")
+    _rise_arguments(p)
+    return p
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="xaifast", description="xaifast: fast, exact saliency maps (Recipro-CAM, "
                             "ActivationMap, EigenCAM) for vision models. Run 'xaifast explain --help'.",
@@ -146,6 +181,8 @@ def build_parser() -> ArgumentParser:
     sub = parser.add_subcommands(dest="command")
     sub.add_subcommand("explain", _explain_parser(), help="explain a model on images (maps, overlays, index)")
     sub.add_subcommand("export", _export_parser(), help="export a model (OpenVINO IR or ONNX), with explain outputs")
+    sub.add_subcommand("evaluate", _evaluate_parser(), help="score saliency algorithms: pointing game, "
+                       "insertion / deletion AUC, ADCC, time per image")
     sub.add_subcommand("render", _render_parser(), help="write a run's map and overlay files (e.g. of a zarr run)")
     sub.add_subcommand("report", _report_parser(), help="write a run's report.html again (a static page to browse it)")
     return parser
@@ -195,8 +232,9 @@ def _explain(a) -> int:
         progress=a.progress, precision=a.precision, engine=a.engine, report=a.report,
         preprocess=recipe.preprocess if recipe else None, labels=recipe.labels if recipe else None,
         target_layer=recipe.target_layer if recipe else None,
-        explain_options=_detection_options(recipe, model, a))
-    return 0 if summary.images > 0 else 1
+        explain_options={**(_detection_options(recipe, model, a) or {}), **_rise_options(a)})
+    # success when the run holds explained images: this call's, or an earlier one's that --resume found done
+    return 0 if summary.images + summary.resumed > 0 else 1
 
 
 def _newest_model_of(a) -> None:
@@ -305,6 +343,32 @@ def _report(a) -> int:
     return 0
 
 
+def _evaluate(a) -> int:
+    from .engines.exported import is_exported_model
+    from .evaluation import evaluate
+    from .recipe import load_recipe
+
+    exported = a.checkpoint is not None and is_exported_model(a.checkpoint)
+    if exported:
+        model, recipe = a.checkpoint, None
+        settings = {"model": str(Path(a.checkpoint).resolve())}
+    else:
+        recipe = load_recipe(a.config)
+        model = recipe.build(a.checkpoint)
+        settings = {"recipe": recipe.source if not Path(recipe.source).is_file() else str(Path(recipe.source).resolve()),
+                    "checkpoint": a.checkpoint}
+    settings["data_root"] = str(Path(a.data_root).resolve())
+    result = evaluate(model, a.data_root, a.algorithms, steps=a.steps, batch_size=a.batch_size,
+                      score_batch_size=a.score_batch_size, rise_options=_rise_options(a),
+                      metrics=[m.strip() for m in a.metrics.split(",") if m.strip()], work_dir=a.work_dir,
+                      max_images=a.max_images, labels=recipe.labels if recipe else None,
+                      preprocess=recipe.preprocess if recipe else None,
+                      target_layer=recipe.target_layer if recipe else None, settings=settings, out=sys.stdout)
+    for path, reason in result.failures:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return 0 if result.rows else 1
+
+
 class _Usage(Exception):
     pass
 
@@ -324,6 +388,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _render(args.render)
         if args.command == "report":
             return _report(args.report)
+        if args.command == "evaluate":
+            return _evaluate(args.evaluate)
         return _explain(args.explain)
     except (XaifastError, _Usage) as exc:
         print(f"xaifast: error: {exc}", file=sys.stderr)

@@ -96,7 +96,7 @@ def resolve_score(score: str, algorithm: str) -> str:
     classes), raw logits ("none") for Recipro-CAM and ViT Recipro-CAM (OTX 2.x, OpenVINO XAI 1.1)."""
     if score != "auto":
         return score
-    return "softmax" if algorithm == "det_class_probability_map" else "none"
+    return "softmax" if algorithm in ("det_class_probability_map", "rise") else "none"
 
 
 def normalize_mask_name(mask: str) -> str:

@@ -24,11 +24,14 @@ class Preprocess:
 
     input_size: (height, width) the image is resized to (bilinear, OpenCV).
     mean, std: per RGB channel, in 0..255 pixel units (mmpretrain / OTX convention).
+    reverse_channels: feed the model BGR (OTX's / ModelAPI's `reverse_input_channels`: the image's
+    channels are reversed first, then mean and std apply in the reversed order).
     """
 
     input_size: Tuple[int, int] = (224, 224)
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
+    reverse_channels: bool = False
 
     def __post_init__(self) -> None:
         size = self.input_size
@@ -44,6 +47,8 @@ class Preprocess:
         """RGB uint8 [H, W, 3] -> normalized float32 [3, h, w]."""
         h, w = self.input_size
         resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+        if self.reverse_channels:
+            resized = resized[..., ::-1]
         x = (resized.astype(np.float32) - np.float32(self.mean)) / np.float32(self.std)
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 

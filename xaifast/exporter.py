@@ -142,18 +142,42 @@ def _scores(cell_logits: torch.Tensor, score: str) -> torch.Tensor:
 
 class ViTExplainGraph(nn.Module):
     """ViT Recipro-CAM in the graph: T = LN1 output of the target block (the adapter's hooks), the
-    masked token sets T_p of every cell (SPEC.md), the rest of the model on them (the general
-    re-inference; the exported graph is the plain math, OpenVINO optimizes it), scores, transpose,
-    normalization. feature_map = the patch tokens of T as [B, D, H, W]."""
+    rest of the model on the masked token sets of every cell (SPEC.md), scores, transpose,
+    normalization. feature_map = the patch tokens of T as [B, D, H, W].
+
+    `graph` says how the rest runs: "fast" (the exact distinct-token fast path as static ops,
+    `xaifast.algorithms.vit_recipro_cam.FastGraph`: A + k*k + 1 tokens per cell, attention
+    weighted by multiplicity, CLS-only queries in the last block), used whenever the PyTorch
+    engine's fast path applies; "naive" (the full T_p of every cell through the model's own
+    pieces) for models with position-dependent attention terms, with the PyTorch path's warning.
+    use_fast_path=False forces the naive graph."""
 
     def __init__(self, adapter, grid, num_aux: int, algorithm: str = "vit_recipro_cam", mask: str = "gaussian",
-                 score: str = "softmax", cls_token: bool = True, raw_maps: bool = False):
+                 score: str = "none", cls_token: bool = True, raw_maps: bool = False, use_fast_path: bool = True):
         super().__init__()
         self.raw_maps = raw_maps
         self.model = adapter.model
         self._adapter = [adapter]  # not a submodule: the model above is the one the graph captures
         self.grid, self.num_aux, self.algorithm, self.score, self.cls_token = tuple(grid), num_aux, algorithm, score, cls_token
         h, w = grid
+        self.graph = None
+        self.fast = None
+        if algorithm != "vit_recipro_cam":
+            return
+        rest = adapter.rest()
+        if use_fast_path and rest.fast_ok:
+            from .algorithms.vit_recipro_cam import FastGraph
+
+            self.graph = "fast"
+            self.fast = FastGraph(rest, (h, w), num_aux, mask, cls_token)
+            return
+        if use_fast_path and not rest._warned:
+            import warnings
+
+            rest._warned = True
+            warnings.warn(f"vit_recipro_cam: the exact fast path does not apply to this model ({rest.fast_reason}); "
+                          "running the general (naive) re-inference", stacklevel=3)
+        self.graph = "naive"
         masks = _cell_masks(_mask_kernel(mask), h, w).reshape(h * w, h * w)  # [cell, patch token]
         self.register_buffer("token_masks", masks, persistent=False)
 
@@ -167,6 +191,10 @@ class ViTExplainGraph(nn.Module):
         b, n, d = t.shape
         h, w = self.grid
         cells = h * w
+        if self.fast is not None:
+            cell_logits = _scores(self.fast(t), self.score)
+            raw = cell_logits.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+            return logits, _maps_out(raw, self.raw_maps), fmap
         patches = t[:, self.num_aux:].unsqueeze(1) * self.token_masks.to(t.dtype)[None, :, :, None]
         aux = t[:, :self.num_aux].unsqueeze(1).expand(b, cells, self.num_aux, d)
         if not self.cls_token:
@@ -239,6 +267,8 @@ def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, co
     if explain:
         metadata.update(algorithm=algorithm, mask=mask, target_layer=target_name,
                         target_explain_group=config.target_explain_group.name, feature_shape=feature_shape)
+        if getattr(module, "graph", None) is not None:  # ViT Recipro-CAM: the distinct-token fast path or not
+            metadata.update(graph=module.graph, cls_token=bool(cls_token))
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with torch.no_grad():

@@ -240,6 +240,9 @@ def _make_or_check_run(work_dir: Path, resume, settings: dict) -> Path:
             what = ", ".join(f"{k}: {before[k]!r} then, {settings[k]!r} now" for k in changed)
             raise XaifastError(f"--resume {run_dir}: the run was started with other settings ({what}); "
                                "resume with the same flags, or start a new run")
+    for stale in (run_dir / "explain").rglob(".*.tmp-*"):  # files the killed run had in flight
+        if stale.is_file():  # (before any rank of this run writes: the other ranks wait for rank 0)
+            stale.unlink(missing_ok=True)
     point_latest(run_dir.parent, run_dir)
     return run_dir
 

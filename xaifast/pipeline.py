@@ -74,13 +74,18 @@ class AlgorithmOptions:
     """Options of some algorithms. ViT Recipro-CAM: cls_token (keep the auxiliary tokens in the
     masked token sets), use_fast_path (exact distinct-token re-inference). Detectors: feature_level
     (the pyramid level of activationmap / eigencam, -1: the last), score_threshold (confidence of
-    the predictions; default: the spec's), map_size ((h, w) of DetClassProbabilityMap's maps)."""
+    the predictions; default: the spec's), map_size ((h, w) of DetClassProbabilityMap's maps).
+    RISE: num_masks (5000), num_cells (8), prob (0.5), seed (0)."""
 
     cls_token: bool = True
     use_fast_path: bool = True
     feature_level: int = -1
     score_threshold: Optional[float] = None
     map_size: Optional[Tuple[int, int]] = None
+    num_masks: int = 5000
+    num_cells: int = 8
+    prob: float = 0.5
+    seed: int = 0
 
 
 _GROUPS = (ModelOptions, RunOptions, AlgorithmOptions)
@@ -183,7 +188,9 @@ class ExplainRun:
                           memory_budget_mb=run.memory_budget_mb,
                           vit=dict(cls_token=algorithm.cls_token, use_fast_path=algorithm.use_fast_path),
                           detection=dict(feature_level=algorithm.feature_level,
-                                         score_threshold=algorithm.score_threshold, map_size=algorithm.map_size))
+                                         score_threshold=algorithm.score_threshold, map_size=algorithm.map_size),
+                          rise=dict(num_masks=algorithm.num_masks, num_cells=algorithm.num_cells, prob=algorithm.prob,
+                                    seed=algorithm.seed))
         self.request = engine.resolve(request)
         self.algorithm = self.request.algorithm
         engine.check(self.request)
@@ -381,7 +388,8 @@ def explain(model, data, config: Optional[ExplainConfig] = None, *, model_option
       ModelOptions: target_layer, backbone, head, preprocess, labels, target_block, spec
       RunOptions: batch_size (16), engine (auto | openvino | pytorch), precision (f32), memory_budget_mb,
         num_workers, max_image_pixels (100 megapixels)
-      AlgorithmOptions: cls_token, use_fast_path (ViT), feature_level, score_threshold, map_size (detectors)
+      AlgorithmOptions: cls_token, use_fast_path (ViT), feature_level, score_threshold, map_size (detectors),
+        num_masks, num_cells, prob, seed (RISE: algorithm="rise", any classifier incl. a numpy callable)
     engine "auto" (default, or $XAIFAST_ENGINE): OpenVINO on CPU for CNN classifiers given as an
     nn.Module (recipro_cam / activationmap / eigencam), PyTorch otherwise.
     """

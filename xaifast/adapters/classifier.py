@@ -71,7 +71,8 @@ class ClassifierAdapter(ModelAdapter):
         self.preprocess = preprocess or Preprocess()
         self.labels = list(labels) if labels is not None else None
         if model is not None:
-            model.eval()
+            if any(m.training for m in model.modules()):  # (eval() walks every module: ms per call)
+                model.eval()
             self._state = _split_state(model, target_layer)
         else:
             self._state = _SplitState(())

@@ -12,11 +12,13 @@ from .recipro_cam import recipro_cam
 from .vit_recipro_cam import vit_recipro_cam
 
 CLASS_AGNOSTIC = ("activationmap", "eigencam")
+# Black-box methods: any classifier, seen only through its scores (xaifast.algorithms.rise).
+BLACK_BOX = ("rise",)
 CLASS_WISE = ("recipro_cam", "vit_recipro_cam", "det_class_probability_map", "instseg")
 # The class-wise method of each model kind (auto / classwisesaliencymap pick it).
 CLASS_WISE_BY_KIND = {"cnn_classifier": "recipro_cam", "transformer": "vit_recipro_cam",
                       "detection": "det_class_probability_map", "instance_segmentation": "instseg"}
-ALGORITHMS = CLASS_WISE + CLASS_AGNOSTIC
+ALGORITHMS = CLASS_WISE + CLASS_AGNOSTIC + BLACK_BOX
 _ALIASES = {
     "auto": "auto",
     "recipro_cam": "recipro_cam", "reciprocam": "recipro_cam", "recipro-cam": "recipro_cam",
@@ -26,7 +28,13 @@ _ALIASES = {
     "eigencam": "eigencam", "eigen_cam": "eigencam",
     "det_class_probability_map": "det_class_probability_map", "detclassprobabilitymap": "det_class_probability_map",
     "instseg": "instseg", "instance_segmentation": "instseg", "instsegexplainalgo": "instseg",
+    "rise": "rise",
 }
+
+
+def is_black_box(name: str) -> bool:
+    """Whether `name` asks for a black-box method (it runs on the model's scores alone)."""
+    return _ALIASES.get(str(name).lower().replace(" ", "")) in BLACK_BOX
 
 
 def requested_model_kind(name: str):
@@ -46,9 +54,17 @@ def resolve_algorithm(name: str, model_kind: str, group: TargetExplainGroup) -> 
     key = str(name).lower().replace(" ", "")
     if key not in _ALIASES:
         valid = ("auto, classwisesaliencymap, recipro_cam, vit_recipro_cam, det_class_probability_map, instseg, "
-                 "activationmap, eigencam")
+                 "activationmap, eigencam, rise")
         raise XaifastError(f"unknown explain algorithm {name!r}; use one of: {valid}")
     algo = _ALIASES[key]
+    if algo in BLACK_BOX:
+        if model_kind in ("detection", "instance_segmentation"):
+            raise XaifastError(f"{algo} explains classifiers; a {model_kind.replace('_', ' ')} model needs "
+                               f"{CLASS_WISE_BY_KIND[model_kind]} (or auto)")
+        if group is TargetExplainGroup.IMAGE:
+            raise XaifastError(f"{algo} gives one map per class; use the ALL, PREDICTIONS or CUSTOM target group "
+                               "(IMAGE's class-agnostic maps: activationmap or eigencam)")
+        return algo
     if algo in ("auto", "classwise"):
         if model_kind not in CLASS_WISE_BY_KIND:
             raise XaifastError(f"no class-wise saliency method for model type {model_kind!r} yet")
@@ -65,4 +81,4 @@ def resolve_algorithm(name: str, model_kind: str, group: TargetExplainGroup) -> 
 __all__ = ["activation_map", "eigen_cam", "recipro_cam", "vit_recipro_cam", "explain_activation_map",
            "det_class_probability_map", "explain_det_class_probability_map", "instseg_maps", "explain_instseg",
            "explain_eigen_cam", "SaliencyResult", "resolve_algorithm", "requested_model_kind", "ALGORITHMS",
-           "CLASS_AGNOSTIC"]
+           "CLASS_AGNOSTIC", "BLACK_BOX", "is_black_box"]

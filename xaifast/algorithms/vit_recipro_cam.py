@@ -239,4 +239,135 @@ def vit_recipro_cam(feature: Union[TokenFeature, torch.Tensor], rest: Union[ViTR
     return SaliencyResult(raw, u8)
 
 
-__all__ = ["vit_recipro_cam", "vit_masked_logits", "naive_logits", "chunk_cells"]
+__all__ = ["vit_recipro_cam", "vit_masked_logits", "naive_logits", "chunk_cells", "FastGraph"]
+
+
+# ------------------------------------------------------------------------------------ graph
+#: Stands for log(0) in the graph's attention bias (padding slots, an empty zero class): exp of it
+#: is exactly 0 next to any finite logit in float32, and it stays finite in bf16 / f16.
+GRAPH_LOG_ZERO = -30000.0
+
+
+class FastGraph(torch.nn.Module):
+    """The exact fast path as static, traceable torch ops (torch.export / OpenVINO): the same math
+    as `_FastPlan`, for the whole batch at once, with the compact token layout as constants.
+
+    forward(tokens T [B, N, D]) -> cell logits [B*H*W, K], row b*H*W + i*W + j. Every cell runs on
+    its A + k*k + 1 distinct tokens (index / scale tables gathered from T and from T @ Wqkv^T);
+    each attention adds the log-multiplicity of its keys to the logits (softmax weighted by
+    count); the last block queries only the tokens the head reads (mean pooling: every slot,
+    pooled with its count; any other head: the distinct tokens expanded back to N). Batch size is
+    the only dynamic dimension. The model's pieces come from the adapter's `ViTRest` (not
+    submodules: the graph that owns the model registers its parameters).
+    """
+
+    def __init__(self, rest: ViTRest, grid: Tuple[int, int], num_aux: int, mask: str = "gaussian",
+                 cls_token: bool = True):
+        from ..kernels.token_mosaic import token_layout
+
+        super().__init__()
+        if not rest.fast_ok:
+            raise ModelSplitError(f"the exact fast path does not apply to this model ({rest.fast_reason})")
+        self._rest = [rest]
+        layout = token_layout("compact", grid[0], grid[1], num_aux, normalize_mask_name(mask), cls_token)
+        self.HW, self.U, self.A, self.N = grid[0] * grid[1], layout.slots, num_aux, layout.num_tokens
+        self.aux_scale = 1.0 if cls_token else 0.0
+        self.register_buffer("index", torch.from_numpy(layout.index.reshape(-1).copy()), persistent=False)
+        self.register_buffer("scale", torch.from_numpy(layout.scale.copy()).unsqueeze(-1), persistent=False)
+        # float64 constants, cast to the tokens' dtype in the graph (a float32 log-count would be off by ~1e-8)
+        log_count = np.maximum(layout.log_count, GRAPH_LOG_ZERO)
+        self.register_buffer("log_count", torch.from_numpy(log_count)[:, None, None, :], persistent=False)
+        head = rest.head
+        if head.kind == "tokens" and all(0 <= t < num_aux for t in head.tokens):
+            self.queries = list(head.tokens)
+        else:
+            self.queries = None
+        self.mode = "queries" if self.queries is not None else "full"
+        if self.queries is None and head.kind == "mean" and 0 <= head.start <= num_aux:
+            position = np.where(layout.patch, num_aux, np.arange(layout.slots))
+            pooled = (position >= head.start).astype(np.float64) / (layout.num_tokens - head.start)
+            weights = layout.count * pooled[None, :]  # [HW, U]
+            self.register_buffer("pool", torch.from_numpy(weights).unsqueeze(-1), persistent=False)
+            self.mode = "mean"
+        elif self.queries is None:
+            # token t of cell p is slot slot_of[p, t] of that cell: rows p*U + slot_of[p, t]
+            rows = layout.slot_of + (np.arange(self.HW) * self.U)[:, None]
+            self.register_buffer("expand_rows", torch.from_numpy(rows.reshape(-1).copy()), persistent=False)
+
+    @property
+    def rest(self) -> ViTRest:
+        return self._rest[0]
+
+    def _mosaic(self, src: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[B, N, C] -> [B, HW, U, C]: slot s of cell p is scale[p, s] * src[:, index[p, s]] (+ bias)."""
+        out = src.index_select(1, self.index).unflatten(1, (self.HW, self.U)) * self.scale.to(src.dtype)
+        return out if bias is None else out + bias
+
+    @staticmethod
+    def _project(parts, h: torch.Tensor, which, bias: bool = True):
+        """The q / k / v projections `which` (0, 1, 2) of h [..., D]: a list of [..., I] (and the
+        biases, when bias=False, as a second list: the mosaic adds them after scaling)."""
+        inner = parts.inner
+        if len(parts.projections) == 1:
+            lin = parts.projections[0]
+            lo, hi = min(which) * inner, (max(which) + 1) * inner
+            w = lin.weight if (lo, hi) == (0, 3 * inner) else lin.weight[lo:hi]
+            b = None if lin.bias is None else (lin.bias if (lo, hi) == (0, 3 * inner) else lin.bias[lo:hi])
+            y = torch.nn.functional.linear(h, w, b if bias else None)
+            outs = [y[..., (i - min(which)) * inner:(i - min(which) + 1) * inner] for i in which]
+            biases = [None if b is None else b[(i - min(which)) * inner:(i - min(which) + 1) * inner] for i in which]
+        else:
+            lins = [parts.projections[i] for i in which]
+            outs = [torch.nn.functional.linear(h, lin.weight, lin.bias if bias else None) for lin in lins]
+            biases = [lin.bias for lin in lins]
+        return outs if bias else (outs, biases)
+
+    def _attend(self, parts, q, k, v) -> torch.Tensor:
+        """q [B, P, L, I] (P: HW or 1), k, v [B, HW, U, I] -> [B, HW, L, D]; log-count added to the logits."""
+        def heads(x, which):
+            x = x.unflatten(-1, (parts.num_heads, parts.head_dim)).transpose(-2, -3)  # [B, P, h, L, dh]
+            norm = parts.q_norm if which == 0 else parts.k_norm if which == 1 else None
+            return norm(x) if norm is not None else x
+
+        q, k, v = heads(q, 0), heads(k, 1), heads(v, 2)
+        logits = torch.matmul(q, k.transpose(-1, -2)) * parts.scale + self.log_count.to(q.dtype)
+        o = torch.matmul(torch.softmax(logits, dim=-1), v)  # [B, HW, h, L, dh]
+        return parts.out(o.transpose(-2, -3).flatten(-2))
+
+    def _block(self, blk, y: torch.Tensor, queries) -> torch.Tensor:
+        """A block after the target one on the distinct tokens y [B, HW, U, D]."""
+        p = blk.parts
+        q, k, v = self._project(p, blk.norm1(y), (0, 1, 2))
+        if queries is not None:
+            q, y = q[:, :, queries], y[:, :, queries]
+        return blk.finish(y, self._attend(p, q, k, v))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        rest = self.rest
+        target, p = rest.target, rest.target.parts
+        last_queries = self.queries is not None
+        if last_queries and not rest.after:
+            # the target block is the last one and the head reads auxiliary tokens: k, v of every
+            # distinct token; q, residual and MLP of the queried auxiliary tokens only (the same in
+            # every cell: broadcast over the cells)
+            (k, v), (bk, bv) = self._project(p, t, (1, 2), bias=False)
+            k, v = self._mosaic(k, bk), self._mosaic(v, bv)
+            q = self._project(p, t[:, self.queries] * self.aux_scale, (0,))[0].unsqueeze(1)  # [B, 1, L, I]
+            x_q = (t[:, self.queries] * self.aux_scale).unsqueeze(1)
+            y = target.finish(x_q, self._attend(p, q, k, v))  # [B, HW, L, D]
+        else:
+            (q, k, v), biases = self._project(p, t, (0, 1, 2), bias=False)
+            q, k, v = (self._mosaic(a, b) for a, b in zip((q, k, v), biases))
+            x0 = self._mosaic(t)
+            y = target.finish(x0, self._attend(p, q, k, v))
+            for i, blk in enumerate(rest.after):
+                last = i == len(rest.after) - 1
+                y = self._block(blk, y, self.queries if last else None)
+        z = rest.norm(y)
+        head = rest.head
+        if self.mode == "queries":  # z: [B, HW, L, D], the tokens the head reads in its order
+            return _extract(head.fn(z.flatten(0, 1)))
+        if self.mode == "mean":
+            return _extract(head.fn((self.pool.to(z.dtype) * z).sum(2).flatten(0, 1)))
+        z_full = z.flatten(1, 2).index_select(1, self.expand_rows).unflatten(1, (self.HW, self.N))
+        return head.apply(z_full.flatten(0, 1))

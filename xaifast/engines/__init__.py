@@ -24,7 +24,8 @@ def make_adapter(model, *, target_layer=None, backbone=None, head=None, preproce
     if isinstance(model, (ClassifierAdapter, ViTAdapter, OpenVINOAdapter, DetectionAdapter)):
         return model
     if is_exported_model(model):
-        return OpenVINOAdapter(model, precision=precision, preprocess=preprocess, labels=labels)
+        return OpenVINOAdapter(model, precision=precision, preprocess=preprocess, labels=labels,
+                               target_layer=target_layer)
     if is_detection_model(model, spec):
         return DetectionAdapter(model, spec, preprocess=preprocess, labels=labels)
     if isinstance(model, torch.nn.Module) and backbone is None and head is None:
@@ -51,6 +52,14 @@ def make_engine(model, config, *, engine: Optional[str] = None, precision: str =
 
     if isinstance(model, Engine):
         return model
+    from ..algorithms import is_black_box
+
+    if is_black_box(config.algorithm):
+        from .blackbox import BlackBoxAdapter, RiseEngine
+
+        adapter = BlackBoxAdapter(model, preprocess=adapter_options.get("preprocess"),
+                                  labels=adapter_options.get("labels"))
+        return RiseEngine(adapter)
     adapter = make_adapter(model, algorithm=config.algorithm, precision=precision, **adapter_options)
     if isinstance(adapter, OpenVINOAdapter):
         return ExportedEngine(adapter)

@@ -33,7 +33,8 @@ class Request:
     det_class_probability_map, instseg); mask: "1x1" | "gaussian"; score: softmax | sigmoid | none
     (how the class maps score the masked inputs); normalize: uint8 maps (False: raw float32);
     memory_budget_mb: bound of the masked inputs the head sees at once; vit: ViT Recipro-CAM
-    options (cls_token, use_fast_path); detection: feature_level, score_threshold, map_size."""
+    options (cls_token, use_fast_path); detection: feature_level, score_threshold, map_size;
+    rise: RISE's num_masks, num_cells, prob, seed."""
 
     algorithm: str
     mask: str = "1x1"
@@ -42,6 +43,7 @@ class Request:
     memory_budget_mb: Optional[float] = None
     vit: dict = field(default_factory=dict)
     detection: dict = field(default_factory=dict)
+    rise: dict = field(default_factory=dict)  # RISE: num_masks, num_cells, prob, seed
 
     @property
     def multilabel(self) -> bool:

@@ -4,6 +4,11 @@ The model's own outputs carry the explanation (`saliency_map`, uint8, and `featu
 inference gives logits and maps; the preprocessing, labels and explain settings come from the
 metadata `xaifast.export` recorded. Class-agnostic maps for the IMAGE group are computed from
 `feature_map`, exactly as for a PyTorch model.
+
+Files xaifast did not export with explain outputs are explained too (`ov_insert`): an IR with a
+`saliency_map` output from OTX or OpenVINO XAI gives its own maps, with the labels and
+preprocessing of OTX's `model_info`; a plain classifier IR / ONNX gets Recipro-CAM inserted into
+its OpenVINO graph (white-box, as OpenVINO XAI's `insert_xai`), raw maps normalized on the host.
 """
 from __future__ import annotations
 
@@ -51,7 +56,8 @@ class OpenVINOAdapter(ModelAdapter):
     """Runs an exported model; `explain_batch` returns logits and the model's own maps."""
 
     def __init__(self, path: Union[str, Path], *, precision: str = "f32", device: str = "CPU",
-                 preprocess: Optional[Preprocess] = None, labels: Optional[Sequence[str]] = None):
+                 preprocess: Optional[Preprocess] = None, labels: Optional[Sequence[str]] = None,
+                 target_layer: Optional[str] = None):
         import openvino as ov
 
         self.path = Path(path)
@@ -59,58 +65,130 @@ class OpenVINOAdapter(ModelAdapter):
             raise ExportedModelError(f"exported model {self.path}: no such file")
         if precision not in PRECISIONS:
             raise ExportedModelError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-        core = ov.Core()
+        self.core = core = ov.Core()
         try:
             model = core.read_model(str(self.path))
         except Exception as exc:
             raise ExportedModelError(f"{self.path}: OpenVINO cannot read it ({str(exc).splitlines()[0]})") from None
-        names = [o.get_any_name() for o in model.outputs]
+        names = [o.get_any_name() if o.get_names() else "" for o in model.outputs]
         meta = _metadata(self.path, model) or {}
-        if "saliency_map" not in names or "feature_map" not in names:
-            raise ExportedModelError(
-                f"{self.path} was exported without explain outputs (its outputs: {', '.join(names)}). "
-                "Re-export it with them: xaifast export --config RECIPE --checkpoint WEIGHTS --explain True "
-                "(or xaifast.export(model, path, explain=True))")
         self.meta = meta
-        self.kind = meta.get("model_type", "cnn_classifier")
-        self.algorithm = meta.get("algorithm", "recipro_cam")
-        self.score = meta.get("score", "none")
-        size = tuple(meta.get("input_size") or _static_size(model))
-        self.preprocess = preprocess or Preprocess(size, tuple(meta.get("mean", Preprocess().mean)),
-                                                   tuple(meta.get("std", Preprocess().std)))
-        self.labels = list(labels) if labels is not None else meta.get("labels")
-        config = {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": precision}
         self.precision = precision
-        self.compiled = core.compile_model(model, device, config)
-        self._outputs = {o.get_any_name(): o for o in self.compiled.outputs}
+        self.device_name = device
+        self._config = {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": precision}
+        self.target_layer = target_layer
+        self.one_at_a_time = False
+        if "saliency_map" in names and "feature_map" in names and meta.get("explain"):
+            self.mode = "xaifast"  # xaifast.export(..., explain=True): the maps are the graph's outputs
+            self.kind = meta.get("model_type", "cnn_classifier")
+            self.algorithm = meta.get("algorithm", "recipro_cam")
+            self.score = meta.get("score", "none")
+            size = tuple(meta.get("input_size") or _static_size(model))
+            self.preprocess = preprocess or Preprocess(size, tuple(meta.get("mean", Preprocess().mean)),
+                                                       tuple(meta.get("std", Preprocess().std)))
+            self.labels = list(labels) if labels is not None else meta.get("labels")
+            self.compiled = core.compile_model(model, device, self._config)
+            self._roles = {o.get_any_name(): o for o in self.compiled.outputs}
+        else:
+            self._foreign(model, names, meta, preprocess, labels)
         self._request = self.compiled.create_infer_request()
+
+    def _foreign(self, model, names, meta, preprocess, labels) -> None:
+        """An IR / ONNX xaifast did not export with explain outputs: OTX's or OpenVINO XAI's IR with
+        its own `saliency_map` (explained as it is), or a plain classifier (Recipro-CAM inserted)."""
+        from . import ov_insert as OI
+
+        info = OI.model_info(self.path, model)
+        size = tuple(preprocess.input_size) if preprocess is not None else (
+            tuple(meta["input_size"]) if meta.get("input_size") else None)
+        try:
+            size = OI.static_input(model, size)
+            if preprocess is None:
+                if info:
+                    preprocess = OI.preprocess_from_info(info, size, self.path)
+                else:
+                    preprocess = Preprocess(size, tuple(meta.get("mean", Preprocess().mean)),
+                                            tuple(meta.get("std", Preprocess().std)))
+            self.preprocess = preprocess
+            self.labels = list(labels) if labels is not None else (meta.get("labels") or OI.labels_from_info(info))
+            self.kind = "cnn_classifier"
+            self.algorithm = "recipro_cam"
+            if "saliency_map" in names:
+                self.mode = "saliency_map"  # OTX / OpenVINO XAI: its own maps, normalized uint8
+                wrapped, self.one_at_a_time, self.feature_name = OI.explained_outputs(model)
+                self.score = "the model's"
+                self._compile_roles(wrapped, ["logits", "saliency_map", "feature_map"])
+            else:
+                self.mode = "inserted"  # white-box: Recipro-CAM inserted into the graph, raw maps
+                self._plain = model
+                self._inserted: Dict[Tuple[str, str], object] = {}
+                self.score = "none"
+                self.insertion = self._insert("1x1", "none")  # errors come now, not at the first batch
+        except OI.ForeignModelError as exc:
+            raise ExportedModelError(f"{self.path}: {exc}") from None
+
+    def _compile_roles(self, model, roles) -> None:
+        self.compiled = self.core.compile_model(model, self.device_name, self._config)
+        self._roles = dict(zip(roles, self.compiled.outputs))
+
+    def _insert(self, mask: str, score: str):
+        """The plain model with Recipro-CAM inserted for (mask, score), compiled once each."""
+        from . import ov_insert as OI
+
+        key = (mask, score)
+        if key not in self._inserted:
+            insertion = OI.insert_recipro_cam(self._plain.clone(), target_layer=self.target_layer, mask=mask,
+                                              score=score)
+            compiled = self.core.compile_model(insertion.model, self.device_name, self._config)
+            self._inserted[key] = (insertion, compiled)
+        insertion, compiled = self._inserted[key]
+        self.compiled = compiled
+        self._roles = dict(zip(["logits", "saliency_map", "feature_map"], compiled.outputs))
+        self._request = compiled.create_infer_request()
+        return insertion
 
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
 
     def infer(self, x: torch.Tensor) -> Dict[str, np.ndarray]:
-        result = self._request.infer({0: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
-        return {name: result[output] for name, output in self._outputs.items()}
+        x = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        if self.one_at_a_time and x.shape[0] > 1:  # OpenVINO XAI's graphs explain one image per call
+            parts = [self.infer(torch.from_numpy(x[i:i + 1])) for i in range(x.shape[0])]
+            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        result = self._request.infer({0: x})
+        return {name: result[output].copy() for name, output in self._roles.items()}
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         out = self.infer(x)
-        return torch.from_numpy(out["feature_map"].copy()), torch.from_numpy(out["logits"].copy())
+        if "feature_map" not in out:
+            raise ExportedModelError(f"{self.path}: no global average pooling was found, so there is no feature map "
+                                     "for class-agnostic maps")
+        return torch.from_numpy(out["feature_map"]), torch.from_numpy(out["logits"])
 
-    def explain_batch(self, x: torch.Tensor, algorithm: str) -> Tuple[torch.Tensor, SaliencyResult]:
-        """(logits, maps) of one batch: the exported maps, or class-agnostic maps from feature_map."""
+    def explain_batch(self, x: torch.Tensor, algorithm: str, mask: str = "1x1",
+                      score: str = "none") -> Tuple[torch.Tensor, SaliencyResult]:
+        """(logits, maps) of one batch: the model's maps (exported, or OTX's / OpenVINO XAI's), the
+        maps of the inserted Recipro-CAM, or class-agnostic maps from the feature map."""
         from ..algorithms import explain_activation_map, explain_eigen_cam
 
+        if self.mode == "inserted" and algorithm == "recipro_cam":
+            self._insert(mask, score)
         out = self.infer(x)
-        logits = torch.from_numpy(out["logits"].copy())
+        logits = torch.from_numpy(out["logits"])
         if algorithm in ("activationmap", "eigencam") and self.algorithm != algorithm:
-            feature = torch.from_numpy(out["feature_map"].copy())
+            if "feature_map" not in out:
+                raise ExportedModelError(f"{self.path}: no feature map for {algorithm} (no global average pooling "
+                                         "was found before the logits)")
+            feature = torch.from_numpy(out["feature_map"])
             result = explain_activation_map(feature) if algorithm == "activationmap" else explain_eigen_cam(feature)
             return logits, result
         if algorithm != self.algorithm:
             raise ExportedModelError(f"{self.path} was exported with {self.algorithm}; it cannot give {algorithm} "
                                      "maps. Re-export with that algorithm, or use auto")
-        maps = torch.from_numpy(out["saliency_map"].copy())
+        maps = torch.from_numpy(out["saliency_map"])
+        if self.mode == "inserted" or maps.dtype != torch.uint8:
+            return logits, SaliencyResult(raw=maps.float(), normalized=None)
         return logits, SaliencyResult(raw=None, normalized=maps, class_agnostic=self.algorithm == "activationmap")
 
 
@@ -126,12 +204,17 @@ class ExportedEngine(Engine):
         return replace(request, algorithm=self.adapter.algorithm)  # what the exported graph computes
 
     def check(self, request: Request) -> None:
+        if self.adapter.mode == "inserted" and request.algorithm == "recipro_cam":
+            if request.mask not in ("1x1", "gaussian") or request.score not in ("none", "softmax", "sigmoid"):
+                raise ExportedModelError(f"mask {request.mask!r} / score {request.score!r}: use mask 1x1 or gaussian, "
+                                         "score none, softmax or sigmoid")
+            return
         if not request.normalize and request.algorithm not in ("activationmap", "eigencam"):
             raise ExportedModelError("an exported model carries normalized uint8 maps, not raw ones: use "
                                      "xaifast.explain(path, data) for them, or saliency_maps on the PyTorch model")
 
     def explain_batch(self, x: torch.Tensor, request: Request) -> BatchResult:
-        logits, maps = self.adapter.explain_batch(x, request.algorithm)
+        logits, maps = self.adapter.explain_batch(x, request.algorithm, request.mask, request.score)
         return BatchResult(maps, classifier_predictions(logits, request), int(logits.shape[1]))
 
 

@@ -24,6 +24,12 @@ Execution overlaps loading, inference and postprocessing: a reader thread decode
 next batches (bounded queue) while OpenVINO runs batch n+1.. on its own threads (async infer
 requests, GIL released) and the caller normalizes and yields batch n. Explanations come out in
 input order; unreadable inputs are still skipped and listed in `run.failures`.
+
+The model is compiled with the THROUGHPUT hint (several streams of a few cores each) and each batch
+runs as one request per stream (`SPLIT_BATCHES`, `_Compiled.parts`), so a batch alone (one
+`saliency_maps` call per batch from the caller's loop) uses every core. Splitting changes no bit:
+it is used only where the compiled model gives an image the same outputs whatever its batch
+(`_Compiled.check_batch_invariant`, once per compiled model).
 """
 from __future__ import annotations
 
@@ -54,20 +60,26 @@ ENGINES = ("auto", "openvino", "pytorch")
 ENGINE_ENV = "XAIFAST_ENGINE"
 CACHE_ENV = "XAIFAST_CACHE_DIR"
 #: Bumped whenever the engine's graph or cache layout changes (old disk entries are then ignored).
-CACHE_FORMAT = 2  # 2: Recipro-CAM cell logits of an affine head as a 1x1 convolution
+CACHE_FORMAT = 3  # 2: Recipro-CAM cell logits of an affine head as a 1x1 convolution; 3: ViT fast path graph
 #: Algorithms the engine runs, per model kind (what the graph computes: see _graph_algorithm).
 ENGINE_ALGORITHMS = {"cnn_classifier": ("recipro_cam", "activationmap", "eigencam"),
                      "transformer": ("vit_recipro_cam", "activationmap", "eigencam")}
 #: How many compiled models the process keeps (least recently used ones are dropped).
 MAX_COMPILED = 8
-#: Memory one transformer inference may use for the masked token sets (the graph holds the plain
-#: re-inference of every cell); larger batches are split into several requests.
+#: Memory one transformer inference may use for the masked token sets (the distinct tokens of every
+#: cell, or the full T_p of every cell in the naive graph); larger batches are split into several requests.
 VIT_REQUEST_BUDGET_BYTES = 1 << 30
 #: engine="auto" converts a model only for inputs of at least this many images (or of unknown
 #: length): the first conversion costs seconds (ResNet-50: ~15 s) that a handful of images never
 #: pays back. Smaller inputs use a model already converted (in memory or on disk), else PyTorch.
 AUTO_MIN_IMAGES = 32
 PERFORMANCE_HINT = "THROUGHPUT"  # measured: >= LATENCY on the 2-core CI machine, batch 16 (2 streams)
+#: Split every batch into one sub-batch per stream of the compiled model (THROUGHPUT: several
+#: streams of a few cores each), so that one batch alone (a `saliency_maps` call per batch from
+#: the user's loop, the last batch of a run) keeps every core busy. Used only where the compiled
+#: model computes each image the same whatever the batch holds (checked once per compiled model:
+#: 3 images as one request vs as 1 + 2), so the maps are bit-identical split or not.
+SPLIT_BATCHES = True
 
 #: Counters for tests and diagnostics: conversions (torch.export + convert_model), disk_loads,
 #: compilations, memory_hits, fallbacks.
@@ -152,11 +164,11 @@ def select_engine(adapter, engine: Optional[str], precision: Optional[str], conf
     detectors) or an `OpenVINOEngine` around it.
 
     engine "pytorch": always PyTorch. "openvino": the OpenVINO engine, or an EngineError saying why
-    it cannot run. "auto" (default, or $XAIFAST_ENGINE): OpenVINO for CNN classifiers given as an
-    nn.Module on CPU with recipro_cam / activationmap / eigencam (the same maps, faster); PyTorch
-    for everything else: CUDA models, backbone=/head= callables, detectors, and transformers (the
-    PyTorch engine's exact fast path re-runs only distinct tokens, while the converted graph holds
-    the plain re-inference of every masked token set, which is slower). A model whose conversion
+    it cannot run. "auto" (default, or $XAIFAST_ENGINE): OpenVINO for CNN classifiers and
+    transformers given as an nn.Module on CPU with recipro_cam / vit_recipro_cam / activationmap /
+    eigencam (the same maps, faster; transformers only when the graph holds the distinct-token fast
+    path, not the naive re-inference of every masked token set); PyTorch for everything else: CUDA
+    models, backbone=/head= callables, detectors. A model whose conversion
     fails (or whose converted outputs differ) falls back to PyTorch with one warning under auto.
     Under auto, an input of fewer than AUTO_MIN_IMAGES images uses OpenVINO only when the model is
     already converted (this process or the disk cache): a conversion would cost more than it saves.
@@ -179,10 +191,19 @@ def select_engine(adapter, engine: Optional[str], precision: Optional[str], conf
         if explicit:
             raise EngineError(f"engine='openvino' cannot explain this model: {reason}; use engine='pytorch'")
         return adapter
-    if name == "auto" and adapter.kind == "transformer":
-        return adapter
+    if name == "auto" and adapter.kind == "transformer" and not _vit_fast_graph(adapter):
+        return adapter  # the naive graph re-runs every masked token set: PyTorch
     return OpenVINOEngine(adapter, precision=precision, explicit=explicit,
                           expected_images=image_count(data) if name == "auto" else None)
+
+
+def _vit_fast_graph(adapter) -> bool:
+    """Whether the transformer's graph would hold the distinct-token fast path: the adapter's verdict
+    once it verified the model, else whether every block's attention is re-implementable."""
+    rest = adapter.rest()
+    if getattr(adapter, "_state", None) is not None and adapter._state.verified:
+        return rest.fast_ok
+    return all(b.parts is not None for b in [rest.target] + list(rest.after))
 
 
 # ------------------------------------------------------------------------------ fingerprints
@@ -195,15 +216,23 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
-def _sample(t: torch.Tensor) -> torch.Tensor:
-    """A few values spread over the tensor (catches in-place writes through `.data`, which do not
-    bump PyTorch's version counter)."""
-    flat = t.detach().reshape(-1)
+def _sample_bytes(t: torch.Tensor) -> bytes:
+    """A few values spread over the tensor, as bytes (catches in-place writes through `.data`,
+    which do not bump PyTorch's version counter). numpy slicing where possible: this runs for
+    every tensor of the model on every call (~10 us per tensor with torch ops, ~1 us here)."""
+    flat = t.detach()
     n = flat.numel()
     if n == 0:
-        return torch.zeros(0, dtype=torch.float64)
+        return b""
     step = max(1, n // 7)
-    return torch.cat([flat[::step][:8], flat[-1:]]).to(torch.float64)
+    if flat.device.type == "cpu" and not flat.is_complex() and flat.dtype not in (torch.bfloat16, torch.float16):
+        try:
+            a = flat.numpy().reshape(-1)
+            return a[::step][:8].tobytes() + a[-1:].tobytes()
+        except (TypeError, RuntimeError):
+            pass
+    flat = flat.reshape(-1)
+    return torch.cat([flat[::step][:8], flat[-1:]]).to(torch.float64).cpu().numpy().tobytes()
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -215,8 +244,10 @@ def weights_digest(model: nn.Module) -> str:
     state = model.state_dict(keep_vars=True)
     tensors = [(k, v) for k, v in state.items() if isinstance(v, torch.Tensor)]
     quick = tuple((k, v.data_ptr(), v._version, v.dtype, tuple(v.shape)) for k, v in tensors)
-    samples = [_sample(v) for _, v in tensors if not v.is_complex()]
-    quick += (hashlib.sha1(torch.cat(samples).numpy().tobytes()).hexdigest() if samples else "",)
+    sampled = hashlib.sha1()
+    for _, v in tensors:
+        sampled.update(_sample_bytes(v))
+    quick += (sampled.hexdigest(),)
     memo = _WEIGHT_DIGESTS.get(model)
     if memo is not None and memo[0] == quick:
         return memo[1]
@@ -295,6 +326,37 @@ class _Compiled:
     depth: int  # requests kept in flight
     max_batch: int  # images per request (transformers: bounded by VIT_REQUEST_BUDGET_BYTES)
     source: object = None  # the IR: a path in the disk cache, or the in-memory ov.Model
+    streams: int = 1  # the compiled model's NUM_STREAMS (requests that run at the same time)
+    batch_invariant: Optional[bool] = None  # an image's outputs do not depend on its batch (None: unchecked)
+
+    def parts(self, n: int) -> List[Tuple[int, int]]:
+        """[start, stop) of the requests a batch of `n` images runs as: at most `max_batch` images
+        each, and one per stream (SPLIT_BATCHES, batch-invariant model), sizes differing by <= 1."""
+        count = -(-n // self.max_batch)
+        if SPLIT_BATCHES and self.batch_invariant:
+            count = max(count, min(n, self.streams))
+        bounds = [i * n // count for i in range(count + 1)]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def check_batch_invariant(self, x: np.ndarray) -> bool:
+        """Whether 3 images (rows of `x`, repeated when fewer) give the same outputs, bit for bit,
+        as one request of 3 and as requests of 1 and 2 (run once per compiled model, ~3 images'
+        inference on the streams). OpenVINO's CPU kernels reduce in an order that does not
+        depend on the batch, so this holds on the machines measured; where it does not, batches
+        are not split."""
+        if self.batch_invariant is None:
+            rows = np.ascontiguousarray(x[np.arange(3) % x.shape[0]])
+            chunks = [rows, rows[:1], rows[1:]]
+            requests = [self.compiled.create_infer_request() for _ in chunks]
+            for request, chunk in zip(requests, chunks):
+                request.start_async({0: chunk}, share_inputs=True)
+            for request in requests:
+                request.wait()
+            outs = [[request.get_output_tensor(i).data for i in range(len(self.names))] for request in requests]
+            self.batch_invariant = all(np.array_equal(whole, np.concatenate([a, b]))
+                                       for whole, a, b in zip(*outs))
+            STATS["batch_invariant" if self.batch_invariant else "batch_variant"] += 1
+        return self.batch_invariant
 
 
 _COMPILED: "collections.OrderedDict[tuple, _Compiled]" = collections.OrderedDict()
@@ -347,6 +409,8 @@ class _Job:
     batch: list
     part: int
     parts: int
+    start: int  # the request's rows in the batch: [start, start + len(x))
+    total: int  # images in the batch
     entry: _Compiled
     request: object
     x: np.ndarray  # kept alive while OpenVINO reads it (inputs are shared, not copied)
@@ -388,7 +452,8 @@ class OpenVINOEngine(Engine):
                 tuple(int(s) for s in shape),
                 graph_algorithm, keep, run.mask if class_wise else None, run.score if class_wise else None,
                 getattr(self.inner, "target_layer", None), getattr(self.inner, "target_block", None) if vit else None,
-                bool(run.vit_options.get("cls_token", True)) if vit and class_wise else None)
+                bool(run.vit_options.get("cls_token", True)) if vit and class_wise else None,
+                bool(run.vit_options.get("use_fast_path", True)) if vit and class_wise else None)
 
     def _example(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.array(x[:2]))
@@ -415,9 +480,12 @@ class OpenVINOEngine(Engine):
         feature, logits = inner.forward(example)
         if self.kind == "transformer":
             graph = ViTExplainGraph(inner, feature.grid, feature.num_aux, graph_algorithm, run.mask, run.score,
-                                    bool(run.vit_options.get("cls_token", True)), raw_maps=True)
+                                    bool(run.vit_options.get("cls_token", True)), raw_maps=True,
+                                    use_fast_path=bool(run.vit_options.get("use_fast_path", True)))
             cells, tokens, dim = feature.grid[0] * feature.grid[1], feature.tokens.shape[1], feature.tokens.shape[2]
-            per_image = cells * tokens * dim * 4 * 12  # masked token sets and their activations
+            if graph.fast is not None:  # the distinct tokens of every cell
+                tokens = graph.fast.U
+            per_image = cells * tokens * dim * 4 * 12 if graph.graph else 0  # masked token sets, activations
         else:
             head = inner.head(feature) if graph_algorithm == "recipro_cam" else Head(full=None)
             graph = ExplainGraph(inner.model, inner.target.name, inner.target.call_index, head, tuple(feature.shape),
@@ -431,7 +499,8 @@ class OpenVINOEngine(Engine):
             ov_model.remove_result(ov_model.get_results()[index])
         STATS["conversions"] += 1
         meta = {"format": CACHE_FORMAT, "names": names, "kind": self.kind, "algorithm": run.algorithm,
-                "num_classes": int(logits.shape[1]), "per_image_bytes": per_image, "versions": _versions()}
+                "num_classes": int(logits.shape[1]), "per_image_bytes": per_image, "versions": _versions(),
+                "graph": getattr(graph, "graph", None)}
         return ov_model, meta, lambda compiled: self._verify(compiled, example, feature, logits, run, names)
 
     def _verify(self, compiled, example: torch.Tensor, feature, logits: torch.Tensor, run, names) -> None:
@@ -450,6 +519,12 @@ class OpenVINOEngine(Engine):
 
                 ref = recipro_cam(feature, self.inner.head(feature), run.mask, run.score).raw.numpy()
                 checks.append(("Recipro-CAM maps", got[1], ref))
+        elif run.algorithm == "vit_recipro_cam":
+            from ..algorithms import vit_recipro_cam
+
+            ref = vit_recipro_cam(feature, self.inner.rest(feature), run.mask, run.score,
+                                  cls_token=bool(run.vit_options.get("cls_token", True))).raw.numpy()
+            checks.append(("ViT Recipro-CAM maps", got[1], ref))
         for what, a, b in checks:
             if a.shape != b.shape:
                 raise EngineError(f"the converted model's {what} have shape {list(a.shape)}, PyTorch's {list(b.shape)}")
@@ -518,9 +593,13 @@ class OpenVINOEngine(Engine):
             source = str(folder / "model.xml") if written else ov_model
             compiled = checked if self.precision == "f32" else self._compile(core, source, blobs if written else None)
         depth = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        try:
+            streams = max(1, int(compiled.get_property("NUM_STREAMS")))
+        except Exception:  # a plugin without the property: requests that may run together
+            streams = depth
         per_image = int(meta.get("per_image_bytes") or 0)
         max_batch = max(1, VIT_REQUEST_BUDGET_BYTES // per_image) if per_image else 1 << 30
-        entry = _Compiled(compiled, list(meta["names"]), meta, depth, max_batch, source)
+        entry = _Compiled(compiled, list(meta["names"]), meta, depth, max_batch, source, min(streams, depth))
         with _LOCK:
             _COMPILED[full] = entry
             while len(_COMPILED) > MAX_COMPILED:
@@ -622,7 +701,8 @@ class OpenVINOEngine(Engine):
 
         A reader thread stacks the next batches (decoding files on the data pool) while up to
         `depth` inference requests run; the caller works on batch n while OpenVINO computes the
-        next ones."""
+        next ones. A batch runs as one request per stream (`_Compiled.parts`), so a batch alone
+        uses every core too; its parts are written into one array per output as they finish."""
         entries: Dict[tuple, _Compiled] = {}
         free: Dict[int, collections.deque] = {}
         pending: collections.deque = collections.deque()
@@ -635,11 +715,15 @@ class OpenVINOEngine(Engine):
             names = job.entry.names
             out = [job.request.get_output_tensor(i).data for i in range(len(names))]
             try:
-                if job.parts == 1:  # the usual case: read the request's buffers in place
+                if job.parts == 1:  # one request: read its buffers in place
                     return job.batch, self._finish([out], names, run, views=True)
-                outputs_of.setdefault(id(job.batch), []).append([a.copy() for a in out])
+                whole = outputs_of.get(id(job.batch))
+                if whole is None:
+                    whole = outputs_of[id(job.batch)] = [np.empty((job.total, *a.shape[1:]), a.dtype) for a in out]
+                for dst, a in zip(whole, out):
+                    dst[job.start:job.start + a.shape[0]] = a
                 if job.part == job.parts - 1:
-                    return job.batch, self._finish(outputs_of.pop(id(job.batch)), names, run, views=False)
+                    return job.batch, self._finish([outputs_of.pop(id(job.batch))], names, run, views=False)
                 return None
             finally:
                 free[id(job.entry)].append(job.request)
@@ -658,11 +742,14 @@ class OpenVINOEngine(Engine):
                 if pool is None:
                     pool = free[id(entry)] = collections.deque(entry.compiled.create_infer_request()
                                                                for _ in range(entry.depth + 1))
-                chunks = [x[i:i + entry.max_batch] for i in range(0, x.shape[0], entry.max_batch)]
-                for part, chunk in enumerate(chunks):
+                if SPLIT_BATCHES and entry.batch_invariant is None and min(x.shape[0], entry.streams) > 1:
+                    entry.check_batch_invariant(x)
+                parts = entry.parts(x.shape[0])
+                for part, (start, stop) in enumerate(parts):
                     request = pool.popleft()
+                    chunk = x[start:stop]
                     request.start_async({0: chunk}, share_inputs=True)
-                    pending.append(_Job(batch, part, len(chunks), entry, request, chunk))
+                    pending.append(_Job(batch, part, len(parts), start, x.shape[0], entry, request, chunk))
                     while len(pending) > entry.depth:
                         done = collect()
                         if done is not None:

@@ -1,0 +1,104 @@
+"""xaifast.evaluate and `xaifast evaluate`: a table per algorithm from class folders and COCO boxes,
+the same numbers as the metric functions, evaluate.json / evaluate.csv in a run folder."""
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import xaifast
+from xaifast import metrics
+from xaifast.zoo import SmallCNN
+
+LABELS = ["c0", "c1", "c2"]
+
+
+def _photos(root, rng, per_class=2, size=40):
+    for k in LABELS:
+        (root / k).mkdir(parents=True)
+        for i in range(per_class):
+            cv2.imwrite(str(root / k / f"{i}.png"), rng.integers(0, 256, size=(size, size + 8, 3), dtype=np.uint8))
+    return root
+
+
+def _model():
+    torch.manual_seed(0)
+    return SmallCNN(num_classes=3).eval()
+
+
+def test_evaluate_class_folders_matches_the_metric_functions(tmp_path, rng):
+    data = _photos(tmp_path / "photos", rng)
+    model, pre = _model(), xaifast.Preprocess((32, 32))
+    algos = ["recipro_cam", "activationmap", "eigencam", "rise"]
+    result = xaifast.evaluate(model, str(data), algos, labels=LABELS, preprocess=pre, steps=8,
+                              rise_options=dict(num_masks=24, num_cells=4), work_dir=tmp_path / "work",
+                              out=open(tmp_path / "table.txt", "w"), engine="pytorch")
+    assert result.images == 6 and result.targets == "gt"
+    assert [r["algorithm"] for r in result.rows] == algos
+    for r in result.rows:
+        assert r["maps"] == 6 and r["seconds_per_image"] > 0 and r["pointing_game"] is None
+        for key in ("insertion", "deletion", "adcc", "coherency", "complexity", "average_drop"):
+            assert np.isfinite(r[key]), (r["algorithm"], key)
+    # the recipro_cam row equals the metric functions on the same maps and gt classes
+    x = torch.stack([pre(xaifast.read_image(p)) for p in sorted(data.glob("*/*.png"))])
+    classes = [LABELS.index(p.parent.name) for p in sorted(data.glob("*/*.png"))]
+    maps = xaifast.saliency_maps(model, x, algorithm="recipro_cam", engine="pytorch")
+    auc = metrics.insertion_deletion_auc(model, x, maps, steps=8, targets=classes, baseline=metrics.black_pixel(pre))
+    assert result.rows[0]["insertion"] == pytest.approx(auc["insertion"], rel=1e-5)
+    assert result.rows[0]["deletion"] == pytest.approx(auc["deletion"], rel=1e-5)
+    # files: the json rows and the csv agree, .latest points at the run
+    folder = result.run_dir / "evaluate"
+    saved = json.loads((folder / "evaluate.json").read_text())
+    rows = list(csv.DictReader(open(folder / "evaluate.csv")))
+    assert [r["algorithm"] for r in rows] == algos == [r["algorithm"] for r in saved["rows"]]
+    assert float(rows[3]["adcc"]) == pytest.approx(saved["rows"][3]["adcc"]) == pytest.approx(result.rows[3]["adcc"])
+    assert saved["settings"]["rise"]["num_masks"] == 24
+    assert (tmp_path / "work" / ".latest" / "evaluate" / "evaluate.csv").is_file()
+    assert "insertion" in (tmp_path / "table.txt").read_text()
+
+
+def test_evaluate_coco_boxes_pointing_game(tmp_path, rng):
+    root = tmp_path / "coco"
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    images, anns = [], []
+    for i in range(3):
+        cv2.imwrite(str(root / "images" / f"{i}.png"), rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8))
+        images.append({"id": i, "file_name": f"{i}.png", "width": 64, "height": 48})
+        anns.append({"id": i, "image_id": i, "category_id": 1 + i % 2, "bbox": [0, 0, 64, 48], "iscrowd": 0})
+    cats = [{"id": 1, "name": "c1"}, {"id": 2, "name": "c2"}]
+    (root / "annotations" / "instances.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                                     "categories": cats}))
+    result = xaifast.evaluate(_model(), str(root), ["activationmap"], labels=LABELS, preprocess=xaifast.Preprocess((32, 32)),
+                              steps=4, metrics=["pointing_game", "insertion_deletion"])
+    assert result.targets == "gt"
+    assert result.rows[0]["pointing_game"] == 1.0  # every box is the whole image
+    assert result.rows[0]["adcc"] is None and result.rows[0]["insertion"] is not None
+
+
+def test_evaluate_bad_input(tmp_path):
+    with pytest.raises(xaifast.XaifastError, match="unknown explain algorithm"):
+        xaifast.evaluate(_model(), torch.rand(2, 3, 32, 32), ["gradcam"])
+    with pytest.raises(xaifast.XaifastError, match="unknown metric"):
+        xaifast.evaluate(_model(), torch.rand(2, 3, 32, 32), ["rise"], metrics=["accuracy"])
+    with pytest.raises(xaifast.XaifastError, match="targets"):
+        xaifast.evaluate(_model(), torch.rand(2, 3, 32, 32), ["rise"], targets=[0])
+
+
+def test_cli_evaluate(tmp_path, rng, make_recipe, monkeypatch, capsys):
+    from xaifast.cli import main
+
+    data = _photos(tmp_path / "photos", rng, per_class=1)
+    recipe, ckpt = make_recipe(3)
+    monkeypatch.chdir(tmp_path)
+    rc = main(["evaluate", "--config", str(recipe), "--checkpoint", str(ckpt), "--data_root", str(data),
+               "--algorithms", "activationmap,rise", "--num_masks", "16", "--num_cells", "4", "--steps", "5",
+               "--work_dir", "ws"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "activationmap" in printed and "rise" in printed and "targets from gt" in printed
+    rows = list(csv.DictReader(open(tmp_path / "ws" / ".latest" / "evaluate" / "evaluate.csv")))
+    assert [r["algorithm"] for r in rows] == ["activationmap", "rise"]
+    assert main(["evaluate", "--config", str(recipe), "--data_root", str(data), "--algorithms", "nope"]) == 2

@@ -1,0 +1,98 @@
+"""The black-box engine: RISE on any classifier, seen only through its scores.
+
+`RiseEngine` serves `explain(model, data, algorithm="rise")` for an nn.Module, an .xml / .onnx
+file (exported by xaifast or not) or a Python callable on numpy batches. Predictions are the
+model's scores on the image (softmax, or sigmoid for multilabel requests); the maps use the
+request's score (softmax by default); a Python callable's outputs are taken as its scores for both; maps are RISE's [B, K, H, W] at the input's size (memory: K x H x W floats per image).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..adapters.base import ModelAdapter
+from ..algorithms.base import SaliencyResult
+from ..data import Preprocess
+from .base import BatchResult, Engine, ImagePrediction, Request, predicted_classes
+
+
+class BlackBoxAdapter(ModelAdapter):
+    """A classifier known only as a function of its inputs: preprocessing and labels come from the
+    user (or from the metadata of a model xaifast exported)."""
+
+    kind = "cnn_classifier"
+
+    def __init__(self, model, *, preprocess: Optional[Preprocess] = None, labels: Optional[Sequence[str]] = None):
+        self.model = model
+        meta = {}
+        if isinstance(model, (str, Path)) and Path(model).suffix.lower() in (".xml", ".onnx") and Path(model).is_file():
+            meta = _exported_meta(Path(model))
+        if preprocess is None and meta.get("input_size"):
+            preprocess = Preprocess(tuple(meta["input_size"]), tuple(meta.get("mean", Preprocess().mean)),
+                                    tuple(meta.get("std", Preprocess().std)))
+        self.preprocess = preprocess or Preprocess()
+        labels = labels if labels is not None else meta.get("labels")
+        self.labels = list(labels) if labels is not None else None
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+
+    @property
+    def device(self) -> torch.device:
+        if isinstance(self.model, torch.nn.Module):
+            for p in self.model.parameters():
+                return p.device
+        return torch.device("cpu")
+
+
+def _exported_meta(path: Path) -> dict:
+    try:
+        import openvino as ov
+
+        from .exported import _metadata
+
+        return _metadata(path, ov.Core().read_model(str(path))) or {}
+    except Exception:
+        return {}
+
+
+class RiseEngine(Engine):
+    """RISE maps of every class; batch_size of the masked inputs from the request (default 64)."""
+
+    def __init__(self, adapter: BlackBoxAdapter, batch_size: int = 64):
+        self.adapter = adapter
+        self.batch_size = batch_size
+        self._scorers = {}
+
+    def scorer(self, score: Optional[str]):
+        from .scorer import as_scorer
+
+        key = score
+        if key not in self._scorers:
+            self._scorers[key] = as_scorer(self.adapter.model, score=score, batch_size=self.batch_size)
+        return self._scorers[key]
+
+    def check(self, request: Request) -> None:
+        from ..algorithms.rise import DEFAULTS, check_options
+
+        options = {**DEFAULTS, **request.rise}
+        check_options(options["num_masks"], options["num_cells"], options["prob"])
+
+    def explain_batch(self, x: torch.Tensor, request: Request) -> BatchResult:
+        from ..algorithms.rise import DEFAULTS, rise
+
+        options = {**DEFAULTS, **request.rise}
+        if callable(self.adapter.model) and not isinstance(self.adapter.model, (torch.nn.Module, Engine)):
+            map_scorer = pred_scorer = self.scorer(None)  # a callable's outputs are its scores
+        else:
+            map_scorer = self.scorer(request.score)
+            pred_scorer = self.scorer("sigmoid" if request.multilabel else "softmax")
+        probs = pred_scorer(x)
+        scores = probs if map_scorer is pred_scorer else map_scorer(x)
+        result = rise(map_scorer, x, scores=scores, normalize=request.normalize, batch_size=self.batch_size,
+                      **options)
+        rows = probs.numpy()
+        predictions = [ImagePrediction(row, predicted_classes(row, request.multilabel)) for row in rows]
+        return BatchResult(result, predictions, int(rows.shape[1]))
