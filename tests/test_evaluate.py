@@ -55,6 +55,10 @@ def test_evaluate_class_folders_matches_the_metric_functions(tmp_path, rng):
     assert [r["algorithm"] for r in rows] == algos == [r["algorithm"] for r in saved["rows"]]
     assert float(rows[3]["adcc"]) == pytest.approx(saved["rows"][3]["adcc"]) == pytest.approx(result.rows[3]["adcc"])
     assert saved["settings"]["rise"]["num_masks"] == 24
+    for r in saved["rows"]:  # the mean curves (the report plots them): their trapezoid areas are the mean AUCs
+        c = np.asarray(saved["curves"][r["algorithm"]]["insertion"])
+        assert len(c) == 9 and (c.sum() - c[0] / 2 - c[-1] / 2) / 8 == pytest.approx(r["insertion"], rel=1e-6)
+    assert (result.run_dir / "report.html").is_file() and (result.run_dir / "report" / "evaluate.js").is_file()
     assert (tmp_path / "work" / ".latest" / "evaluate" / "evaluate.csv").is_file()
     assert "insertion" in (tmp_path / "table.txt").read_text()
 

@@ -39,6 +39,7 @@ class EvaluateResult:
     failures: List[tuple] = field(default_factory=list)
     run_dir: Optional[Path] = None
     per_map: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)  # {algorithm: {"insertion": [steps + 1], "deletion": [...]}}: means over the maps
 
     def table(self) -> str:
         """The rows as an aligned text table."""
@@ -171,7 +172,7 @@ def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, tar
     cam_options = dict(batch_size=batch_size, target_layer=target_layer, preprocess=preprocess, labels=labels,
                        engine=engine) if not isinstance(model, (str, Path)) else dict(batch_size=batch_size)
     cam_options = {k: v for k, v in cam_options.items() if v is not None}
-    rows, per_map = [], {}
+    rows, per_map, curves = [], {}, {}
     for algorithm in algorithms:
         start = time.perf_counter()
         if is_black_box(algorithm):
@@ -194,8 +195,10 @@ def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, tar
             pg = M.pointing_game(explanations, boxes, image_sizes=sizes, labels=labels)
             row["pointing_game"] = pg["pointing_game"] if pg["evaluated"] else None
         if "insertion_deletion" in metrics:
-            auc = M.insertion_deletion_auc(scorer, x, explanations, steps=steps, baseline=baseline)
+            auc = M.insertion_deletion_auc(scorer, x, explanations, steps=steps, baseline=baseline, return_curves=True)
             row.update(insertion=auc["insertion"], deletion=auc["deletion"], delta=auc["delta"])
+            mean = np.asarray(auc["curves"], dtype=np.float64).mean(axis=0)  # [2, steps + 1]
+            curves[algorithm] = {"insertion": mean[0].tolist(), "deletion": mean[1].tolist()}
             per_map[f"{algorithm}/insertion_deletion"] = auc["per_map"]
         if "adcc" in metrics:
             ad = M.adcc(scorer, x, explanations, explainer=explainer, baseline=baseline)
@@ -203,7 +206,7 @@ def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, tar
             per_map[f"{algorithm}/adcc"] = ad["per_map"]
         row["metric_seconds"] = time.perf_counter() - start
         rows.append(row)
-    result = EvaluateResult(rows, n, source, failures, per_map=per_map)
+    result = EvaluateResult(rows, n, source, failures, per_map=per_map, curves=curves)
     if work_dir is not None:
         result.run_dir = _write(Path(work_dir), result, dict(settings or {}, algorithms=algorithms, steps=steps,
                                                             rise=rise_options, targets=source, images=n))
@@ -234,7 +237,8 @@ def _write(work_dir: Path, result: EvaluateResult, settings: dict) -> Path:
     per_map = {k: [{f: _clean(v) if not isinstance(v, (list, tuple)) else v for f, v in d.items()} for d in rows_]
                for k, rows_ in result.per_map.items()}
     write_json_atomic(folder / "evaluate.json", {"settings": settings, "images": result.images, "rows": rows,
-                                                 "failures": [list(f) for f in result.failures], "per_map": per_map})
+                                                 "failures": [list(f) for f in result.failures], "per_map": per_map,
+                                                 "curves": result.curves})
     tmp = folder / "evaluate.csv.tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
@@ -242,4 +246,7 @@ def _write(work_dir: Path, result: EvaluateResult, settings: dict) -> Path:
         for r in rows:
             writer.writerow({k: "" if v is None else v for k, v in r.items()})
     tmp.replace(folder / "evaluate.csv")
+    from .report import write_report
+
+    write_report(run_dir)  # <run>/report.html: the table and the mean insertion / deletion curves
     return run_dir
