@@ -70,9 +70,10 @@ def recipe(tmp_path):
 
 def explain(recipe, data, work, *extra):
     path, ckpt = recipe
-    args = ["explain", "--config", path, "--checkpoint", ckpt, "--data_root", data, "--work_dir", work,
+    args = ["explain", "--config", path] + (["--checkpoint", ckpt] if ckpt else []) + ["--data_root", data, "--work_dir", work,
             "--engine", "pytorch", "--batch_size", 4, "--num_workers", 2, "--progress", False,
-            "--explain_config.target_explain_group", "ALL", *extra]
+            *(extra if "--explain_config.target_explain_group" in extra else
+              ("--explain_config.target_explain_group", "ALL", *extra))]
     assert cli([str(a) for a in args]) == 0
     return (Path(work) / ".latest").resolve()
 
@@ -262,6 +263,35 @@ def test_report_rebuilds_thumbnails(browser, recipe, data, tmp_path):
         again = cv2.imread(str(p))
         assert again.shape == image.shape
         assert np.abs(again.astype(int) - image.astype(int)).mean() < 6, p
+
+
+def test_report_detection_run(browser, tmp_path):
+    """The built-in shapes detector: per class the best score and the count, class views by the
+    class's best detection, boxes on the class thumbnails."""
+    shapes = pytest.importorskip("xaifast.zoo.shapes")
+    shapes.write_shapes_images(tmp_path / "images", n=3, seed=3)
+    run_dir = explain(("shapes_detector", None), tmp_path / "images", tmp_path / "work", "--explain_config.target_explain_group",
+                      "PREDICTIONS")
+    records = index_of(run_dir)["images"]
+    open_page(browser, run_dir)
+    cards = {c["index"]: c for c in browser.eval(CARDS)}
+    texts = browser.eval("[...document.querySelectorAll('#grid .card')].map(c => [+c.dataset.index,"
+                         " [...c.querySelectorAll('.pred')].map(li => li.textContent)])")
+    for r in records:
+        best = {}
+        for p in r["predictions"]:
+            best.setdefault(p["class"], []).append(p["score"])
+        order = sorted(best, key=lambda k: -max(best[k]))
+        assert cards[r["index"]]["classes"] == order
+        labels = {p["class"]: p["label"] for p in r["predictions"]}
+        assert dict(texts)[r["index"]] == [f"{labels[k]} ({max(best[k]):.4f}) \u00d7{len(best[k])}" for k in order]
+        assert cards[r["index"]]["captions"] == ["image"] + [labels[k] for k in r["thumbs"][1:]]
+    k = records[0]["predictions"][0]["class"]
+    goto(browser, f"class={k}&sort=score")
+    shown = browser.eval(CARDS)
+    expected = sorted((r for r in records if k in {p["class"] for p in r["predictions"]}),
+                      key=lambda r: (-max(p["score"] for p in r["predictions"] if p["class"] == k), r["index"]))
+    assert [c["index"] for c in shown] == [r["index"] for r in expected]
 
 
 def test_report_evaluate_run(browser, tmp_path):
