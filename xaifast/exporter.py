@@ -19,6 +19,7 @@ from torch import nn
 from .config import ExplainConfig, normalize_mask_name, resolve_score
 from .data import Preprocess
 from .errors import XaifastError
+from .quiet import quiet_exporters
 from .adapters.classifier import ClassifierAdapter
 from .adapters.head_graph import Head, affine_after_gap, extract_logits, tensor_at
 
@@ -215,7 +216,7 @@ def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, co
                           "recipro_cam / vit_recipro_cam (classwisesaliencymap) or activationmap")
     mask = config.mask if config.mask != "auto" else ("gaussian" if kind == "transformer" else "1x1")  # as OTX
     score = resolve_score(config.score, algorithm)
-    x = example_input if example_input is not None else torch.randn(2, 3, *preprocess.input_size)
+    x = _example(example_input, preprocess)
     if kind == "transformer":
         adapter = ViTAdapter(model, target_layer=target_layer, preprocess=preprocess, labels=labels)
         feature, logits = adapter.forward(x)
@@ -240,14 +241,37 @@ def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, co
         metadata.update(algorithm=algorithm, mask=mask, target_layer=target_name,
                         target_explain_group=config.target_explain_group.name, feature_shape=feature_shape)
     path.parent.mkdir(parents=True, exist_ok=True)
+    x = trace_example(x)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with torch.no_grad():
-        program = torch.export.export(module, (x,), dynamic_shapes=({0: batch},), strict=False)
-    if path.suffix == ".xml":
-        _save_openvino(program, names, metadata, path)
-    else:
-        _save_onnx(module, x, names, metadata, path)
+    with quiet_exporters(), torch.no_grad():
+        if path.suffix == ".xml":
+            program = torch.export.export(module, (x,), dynamic_shapes=({0: batch},), strict=False)
+            _save_openvino(program, names, metadata, path)
+        else:
+            _save_onnx(module, x, names, metadata, path)
     return path
+
+
+def _example(example_input, preprocess: Preprocess) -> torch.Tensor:
+    """The example batch the model is traced with: the user's (any batch size), checked."""
+    if example_input is None:
+        return torch.randn(2, 3, *preprocess.input_size)
+    if not isinstance(example_input, torch.Tensor) or example_input.ndim != 4 or example_input.shape[0] < 1:
+        got = list(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+        raise ExportError(f"example_input must be an image batch tensor [B, C, H, W] (B >= 1), got {got}; "
+                          "e.g. torch.randn(1, 3, 224, 224)")
+    if not example_input.is_floating_point():
+        raise ExportError(f"example_input must be a float tensor (the preprocessed images), got {example_input.dtype}")
+    return example_input
+
+
+def trace_example(x: torch.Tensor) -> torch.Tensor:
+    """The batch torch.export traces with: at least 2 images. A batch of 1 would make torch.export
+    specialize the batch size to the constant 1 (its 0/1 specialization) and refuse the dynamic batch;
+    the exported graph keeps a dynamic batch either way (it runs at batch 1 too)."""
+    return x if x.shape[0] >= 2 else torch.cat([x, x])
+
+
 
 
 def to_openvino(program, names):

@@ -229,9 +229,12 @@ def _logits_leaf_index(output: Any) -> int:
 
 
 def _export(module: nn.Module, sample: torch.Tensor):
+    from ..quiet import quiet_exporters
+
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     try:
-        return torch.export.export(module, (sample,), dynamic_shapes=({0: batch},), strict=False)
+        with quiet_exporters():
+            return torch.export.export(module, (sample,), dynamic_shapes=({0: batch},), strict=False)
     except Exception as exc:
         raise ModelSplitError(
             f"could not capture the model's graph with torch.export ({type(exc).__name__}: "
