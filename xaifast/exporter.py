@@ -67,9 +67,11 @@ class ExplainGraph(nn.Module):
     raw_maps=True: saliency_map is the raw float32 maps instead (the OpenVINO engine's graph)."""
 
     def __init__(self, model: nn.Module, target_name: str, call_index: int, head: Head, feature_shape,
-                 algorithm: str = "recipro_cam", mask: str = "1x1", score: str = "none", raw_maps: bool = False):
+                 algorithm: str = "recipro_cam", mask: str = "1x1", score: str = "none", raw_maps: bool = False,
+                 layout=None):
         super().__init__()
         self.raw_maps = raw_maps
+        self.layout = layout  # token-grid targets: TokenGrid reads the target's tokens as [B, C, H, W]
         self.model = model
         self.target_name = target_name
         self.call_index = call_index
@@ -104,6 +106,8 @@ class ExplainGraph(nn.Module):
         finally:
             handle.remove()
         feature = seen[self.call_index]
+        if self.layout is not None:
+            feature = self.layout.to_map(feature)
         if self.algorithm == "activationmap":
             return logits, _maps_out(feature.mean(dim=1, keepdim=True), self.raw_maps), feature
         b, c, h, w = feature.shape
@@ -204,12 +208,16 @@ def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, co
         raise ExportError(f"export path {path} must end with .xml (OpenVINO IR) or .onnx")
     if not isinstance(model, nn.Module):
         raise ExportError(f"export takes a torch.nn.Module, got {type(model).__name__}")
+    from .adapters.token_grid import TokenGridAdapter, is_token_grid_model
     from .adapters.vit import ViTAdapter, is_transformer
+    from .algorithms import requested_model_kind
 
     config = config or ExplainConfig()
     preprocess = preprocess or Preprocess()
     model = model.eval()
-    kind = "transformer" if is_transformer(model, target_layer) else "cnn_classifier"
+    token_grid = (requested_model_kind(config.algorithm) != "transformer"
+                  and is_token_grid_model(model, target_layer))
+    kind = "transformer" if not token_grid and is_transformer(model, target_layer) else "cnn_classifier"
     algorithm = resolve_algorithm(config.algorithm, kind, config.target_explain_group)
     if explain and algorithm not in EXPORTABLE:
         raise ExportError(f"{algorithm} cannot be exported inside the graph (it needs an SVD); export with "
@@ -224,11 +232,14 @@ def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, co
         graph = lambda: ViTExplainGraph(adapter, feature.grid, feature.num_aux, algorithm, mask,  # noqa: E731
                                         score, cls_token)
     else:
-        adapter = ClassifierAdapter(model, target_layer=target_layer, preprocess=preprocess, labels=labels)
+        make = TokenGridAdapter if token_grid else ClassifierAdapter
+        adapter = make(model, target_layer=target_layer, preprocess=preprocess, labels=labels)
         feature, logits = adapter.forward(x)
         target_name, feature_shape = adapter.target.name, list(feature.shape[1:])
+        layout = adapter.layout_for(feature) if token_grid else None
         graph = lambda: ExplainGraph(model, adapter.target.name, adapter.target.call_index,  # noqa: E731
-                                     adapter.head(feature), tuple(feature.shape), algorithm, mask, score)
+                                     adapter.head(feature), tuple(feature.shape), algorithm, mask, score,
+                                     layout=layout)
     if explain:
         module, names = graph().eval(), list(OUTPUTS)
     else:
