@@ -58,7 +58,7 @@ def is_token_grid_model(model, target_layer: Optional[str] = None) -> bool:
     it has transformer blocks (adapters.vit's recognition) and either several block lists (a
     hierarchical model: one list per stage) or no ViT head (vit.describe_model finds none). A
     `target_layer` inside a block list keeps the ViT path (vit_recipro_cam's target block); any
-    other module of such a model (e.g. the final norm) is a token-grid target."""
+    other module of a token-grid model (e.g. its final norm) is a token-grid target."""
     from .vit import describe_model, find_block_lists, is_transformer
 
     if not isinstance(model, nn.Module):
@@ -66,8 +66,8 @@ def is_token_grid_model(model, target_layer: Optional[str] = None) -> bool:
     lists = find_block_lists(model)
     if not lists:
         return False
-    if target_layer is not None:
-        return target_layer in dict(model.named_modules()) and not is_transformer(model, target_layer)
+    if target_layer is not None and is_transformer(model, target_layer):
+        return False
     if len(lists) >= 2:
         return True
     try:
