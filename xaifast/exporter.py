@@ -19,6 +19,7 @@ from torch import nn
 from .config import ExplainConfig, normalize_mask_name, resolve_score
 from .data import Preprocess
 from .errors import XaifastError
+from .quiet import quiet_exporters
 from .adapters.classifier import ClassifierAdapter
 from .adapters.head_graph import Head, affine_after_gap, extract_logits, tensor_at
 
@@ -66,9 +67,11 @@ class ExplainGraph(nn.Module):
     raw_maps=True: saliency_map is the raw float32 maps instead (the OpenVINO engine's graph)."""
 
     def __init__(self, model: nn.Module, target_name: str, call_index: int, head: Head, feature_shape,
-                 algorithm: str = "recipro_cam", mask: str = "1x1", score: str = "none", raw_maps: bool = False):
+                 algorithm: str = "recipro_cam", mask: str = "1x1", score: str = "none", raw_maps: bool = False,
+                 layout=None):
         super().__init__()
         self.raw_maps = raw_maps
+        self.layout = layout  # token-grid targets: TokenGrid reads the target's tokens as [B, C, H, W]
         self.model = model
         self.target_name = target_name
         self.call_index = call_index
@@ -103,6 +106,8 @@ class ExplainGraph(nn.Module):
         finally:
             handle.remove()
         feature = seen[self.call_index]
+        if self.layout is not None:
+            feature = self.layout.to_map(feature)
         if self.algorithm == "activationmap":
             return logits, _maps_out(feature.mean(dim=1, keepdim=True), self.raw_maps), feature
         b, c, h, w = feature.shape
@@ -231,19 +236,23 @@ def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, co
         raise ExportError(f"export path {path} must end with .xml (OpenVINO IR) or .onnx")
     if not isinstance(model, nn.Module):
         raise ExportError(f"export takes a torch.nn.Module, got {type(model).__name__}")
+    from .adapters.token_grid import TokenGridAdapter, is_token_grid_model
     from .adapters.vit import ViTAdapter, is_transformer
+    from .algorithms import requested_model_kind
 
     config = config or ExplainConfig()
     preprocess = preprocess or Preprocess()
     model = model.eval()
-    kind = "transformer" if is_transformer(model, target_layer) else "cnn_classifier"
+    token_grid = (requested_model_kind(config.algorithm) != "transformer"
+                  and is_token_grid_model(model, target_layer))
+    kind = "transformer" if not token_grid and is_transformer(model, target_layer) else "cnn_classifier"
     algorithm = resolve_algorithm(config.algorithm, kind, config.target_explain_group)
     if explain and algorithm not in EXPORTABLE:
         raise ExportError(f"{algorithm} cannot be exported inside the graph (it needs an SVD); export with "
                           "recipro_cam / vit_recipro_cam (classwisesaliencymap) or activationmap")
     mask = config.mask if config.mask != "auto" else ("gaussian" if kind == "transformer" else "1x1")  # as OTX
     score = resolve_score(config.score, algorithm)
-    x = example_input if example_input is not None else torch.randn(2, 3, *preprocess.input_size)
+    x = _example(example_input, preprocess)
     if kind == "transformer":
         adapter = ViTAdapter(model, target_layer=target_layer, preprocess=preprocess, labels=labels)
         feature, logits = adapter.forward(x)
@@ -251,11 +260,14 @@ def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, co
         graph = lambda: ViTExplainGraph(adapter, feature.grid, feature.num_aux, algorithm, mask,  # noqa: E731
                                         score, cls_token)
     else:
-        adapter = ClassifierAdapter(model, target_layer=target_layer, preprocess=preprocess, labels=labels)
+        make = TokenGridAdapter if token_grid else ClassifierAdapter
+        adapter = make(model, target_layer=target_layer, preprocess=preprocess, labels=labels)
         feature, logits = adapter.forward(x)
         target_name, feature_shape = adapter.target.name, list(feature.shape[1:])
+        layout = adapter.layout_for(feature) if token_grid else None
         graph = lambda: ExplainGraph(model, adapter.target.name, adapter.target.call_index,  # noqa: E731
-                                     adapter.head(feature), tuple(feature.shape), algorithm, mask, score)
+                                     adapter.head(feature), tuple(feature.shape), algorithm, mask, score,
+                                     layout=layout)
     if explain:
         module, names = graph().eval(), list(OUTPUTS)
     else:
@@ -270,14 +282,37 @@ def export(model: nn.Module, path: Union[str, Path], explain: bool = True, *, co
         if getattr(module, "graph", None) is not None:  # ViT Recipro-CAM: the distinct-token fast path or not
             metadata.update(graph=module.graph, cls_token=bool(cls_token))
     path.parent.mkdir(parents=True, exist_ok=True)
+    x = trace_example(x)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with torch.no_grad():
-        program = torch.export.export(module, (x,), dynamic_shapes=({0: batch},), strict=False)
-    if path.suffix == ".xml":
-        _save_openvino(program, names, metadata, path)
-    else:
-        _save_onnx(module, x, names, metadata, path)
+    with quiet_exporters(), torch.no_grad():
+        if path.suffix == ".xml":
+            program = torch.export.export(module, (x,), dynamic_shapes=({0: batch},), strict=False)
+            _save_openvino(program, names, metadata, path)
+        else:
+            _save_onnx(module, x, names, metadata, path)
     return path
+
+
+def _example(example_input, preprocess: Preprocess) -> torch.Tensor:
+    """The example batch the model is traced with: the user's (any batch size), checked."""
+    if example_input is None:
+        return torch.randn(2, 3, *preprocess.input_size)
+    if not isinstance(example_input, torch.Tensor) or example_input.ndim != 4 or example_input.shape[0] < 1:
+        got = list(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+        raise ExportError(f"example_input must be an image batch tensor [B, C, H, W] (B >= 1), got {got}; "
+                          "e.g. torch.randn(1, 3, 224, 224)")
+    if not example_input.is_floating_point():
+        raise ExportError(f"example_input must be a float tensor (the preprocessed images), got {example_input.dtype}")
+    return example_input
+
+
+def trace_example(x: torch.Tensor) -> torch.Tensor:
+    """The batch torch.export traces with: at least 2 images. A batch of 1 would make torch.export
+    specialize the batch size to the constant 1 (its 0/1 specialization) and refuse the dynamic batch;
+    the exported graph keeps a dynamic batch either way (it runs at batch 1 too)."""
+    return x if x.shape[0] >= 2 else torch.cat([x, x])
+
+
 
 
 def to_openvino(program, names):

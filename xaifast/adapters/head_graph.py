@@ -72,16 +72,22 @@ def extract_logits(output: Any) -> torch.Tensor:
 
 
 class _MarkedOutput:
-    """Forward hook that routes the n-th call's output of a module through split_point."""
+    """Forward hook that routes the n-th call's output of a module through split_point. With a
+    `layout` (token outputs [B, H*W, C], see adapters.token_grid.TokenGrid) the marked tensor is
+    the feature map `layout.to_map(output)` [B, C, H, W], turned back into tokens after the mark,
+    so the head's input is the feature map."""
 
-    def __init__(self, call_index: int):
+    def __init__(self, call_index: int, layout=None):
         self.call_index = call_index
+        self.layout = layout
         self.calls = 0
 
     def __call__(self, _module, _args, output):
         index = self.calls
         self.calls += 1
         if index == self.call_index:
+            if self.layout is not None:
+                return self.layout.to_tokens(split_point(self.layout.to_map(output)))
             return split_point(output)
         return None
 
@@ -216,7 +222,56 @@ def head_from_graph(gm: fx.GraphModule, logits_leaf: int, what: str) -> Head:
         rest = _replace_feature_uses(head_graph, gap, feature)
         if rest is not None:
             after_gap = fx.GraphModule(gm, rest)
+    if after_gap is None:
+        found = _pooled_by_value(full, marks[0].meta.get("val"), what)
+        if found is not None:
+            rest, keepdim = found
+            after_gap = fx.GraphModule(gm, rest)
     return Head(full=full, after_gap=after_gap, gap_keepdim=keepdim, source="torch.export")
+
+
+def _pooled_by_value(full: fx.GraphModule, val, what: str) -> Optional[Tuple[fx.Graph, bool]]:
+    """Global average pooling that the pattern match does not know (a mean over tokens after a
+    reshape, adaptive_avg_pool1d over a transposed token grid, ...): the first node of the head
+    whose value is the feature's spatial mean, [N, C] or [N, C, 1, 1], on random feature maps, and
+    through which all of the head's later computation goes. Returns (graph from the pooled tensor
+    to the logits, keepdim) or None. Checked by value on two random inputs (float32 / float64 heads
+    only), so the shortcut is taken only where it is exact. `val`: the feature's fake tensor."""
+    if not isinstance(val, torch.Tensor) or val.ndim != 4 or val.dtype not in (torch.float32, torch.float64):
+        return None
+    try:
+        c, h, w = (int(s) for s in val.shape[1:])
+    except (TypeError, ValueError):  # a symbolic channel or spatial size
+        return None
+    device = next((t.device for t in list(full.parameters()) + list(full.buffers())), torch.device("cpu"))
+    rtol = 1e-5 if val.dtype == torch.float32 else 1e-10
+    envs = []
+    try:
+        for _ in range(2):
+            sample = torch.randn(2, c, h, w, dtype=val.dtype, device=device)
+            interpreter = fx.Interpreter(full, garbage_collect_values=False)
+            with torch.no_grad():
+                interpreter.run(sample)
+            envs.append((sample.mean(dim=(2, 3)), interpreter.env))
+    except Exception:
+        return None
+    out = next(n for n in full.graph.nodes if n.op == "output")
+    leaf = out.args[0]
+    for node in full.graph.nodes:
+        if node.op != "call_function" or node is leaf:
+            continue
+        values = [env.get(node) for _, env in envs]
+        if not all(isinstance(v, torch.Tensor) and tuple(v.shape) in ((2, c), (2, c, 1, 1)) for v in values):
+            continue
+        if not all(torch.allclose(v.reshape(2, c), mean, rtol=rtol, atol=rtol * float(mean.abs().max()))
+                   for v, (mean, _) in zip(values, envs)):
+            continue
+        try:
+            rest = _copy_downstream(full.graph, node, leaf, "pooled", what)
+        except ModelSplitError:
+            continue  # later computation also reads the unpooled map: not a pooled-only head
+        return rest, values[0].ndim == 4
+    return None
 
 
 def _logits_leaf_index(output: Any) -> int:
@@ -229,9 +284,12 @@ def _logits_leaf_index(output: Any) -> int:
 
 
 def _export(module: nn.Module, sample: torch.Tensor):
+    from ..quiet import quiet_exporters
+
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     try:
-        return torch.export.export(module, (sample,), dynamic_shapes=({0: batch},), strict=False)
+        with quiet_exporters():
+            return torch.export.export(module, (sample,), dynamic_shapes=({0: batch},), strict=False)
     except Exception as exc:
         raise ModelSplitError(
             f"could not capture the model's graph with torch.export ({type(exc).__name__}: "
@@ -239,13 +297,14 @@ def _export(module: nn.Module, sample: torch.Tensor):
             "explicitly to explain this model") from exc
 
 
-def split_model(model: nn.Module, target_name: str, call_index: int, sample: torch.Tensor) -> Head:
-    """The head of `model` after the `call_index`-th call of module `target_name`."""
+def split_model(model: nn.Module, target_name: str, call_index: int, sample: torch.Tensor, layout=None) -> Head:
+    """The head of `model` after the `call_index`-th call of module `target_name` (whose token
+    output is read as a feature map through `layout`, when given)."""
     sample = sample[:2] if sample.shape[0] >= 2 else torch.cat([sample, sample])
     with torch.no_grad():
         output = model(sample)
     leaf = _logits_leaf_index(output)
-    hook = _MarkedOutput(call_index)
+    hook = _MarkedOutput(call_index, layout)
     handle = model.get_submodule(target_name).register_forward_hook(hook)
     try:
         program = _export(model, sample)

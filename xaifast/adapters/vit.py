@@ -461,7 +461,9 @@ def describe_model(model: nn.Module, target_layer: Optional[str] = None,
             raise ModelSplitError(
                 f"found the blocks {name!r} but not the head: looked for a timm-style `head` (with optional "
                 "`norm`, `fc_norm`, `global_pool`) or a Hugging Face `classifier` / `cls_classifier` + "
-                "`distillation_classifier` on a `vit` / `deit` base model")
+                "`distillation_classifier` on a `vit` / `deit` base model. Hierarchical transformers (Swin-like: "
+                "the last stage's token grid, a norm, pooling and a linear head) are explained with recipro_cam "
+                "(algorithm auto or classwisesaliencymap)")
         head, norm, num_aux = timm
         family = "timm"
     return ModelParts(name, block_names, blocks, norm, head, num_aux, family), index

@@ -13,9 +13,11 @@ from .base import BatchResult, Engine, ImagePrediction, Request
 def make_adapter(model, *, target_layer=None, backbone=None, head=None, preprocess=None, labels=None,
                  algorithm: str = "auto", target_block: int = 1, spec=None, precision: str = "f32"):
     """The model adapter for what the user passed: an exported .xml / .onnx, a detector (with a
-    spec or `xaifast_spec()`), a transformer, a CNN classifier, or backbone= / head= callables."""
+    spec or `xaifast_spec()`), a token-grid transformer (Swin-like: Recipro-CAM on its last stage),
+    a transformer, a CNN classifier, or backbone= / head= callables."""
     from ..adapters.classifier import ClassifierAdapter
     from ..adapters.detection import DetectionAdapter, is_detection_model
+    from ..adapters.token_grid import TokenGridAdapter, is_token_grid_model
     from ..adapters.vit import ViTAdapter, is_transformer
     from ..algorithms import requested_model_kind
     from ..errors import XaifastError
@@ -30,6 +32,8 @@ def make_adapter(model, *, target_layer=None, backbone=None, head=None, preproce
         return DetectionAdapter(model, spec, preprocess=preprocess, labels=labels)
     if isinstance(model, torch.nn.Module) and backbone is None and head is None:
         wanted = requested_model_kind(algorithm)
+        if wanted != "transformer" and is_token_grid_model(model, target_layer):
+            return TokenGridAdapter(model, target_layer=target_layer, preprocess=preprocess, labels=labels)
         if wanted == "transformer" or (wanted is None and is_transformer(model, target_layer)):
             return ViTAdapter(model, target_layer=target_layer, target_block=target_block, preprocess=preprocess,
                               labels=labels)

@@ -488,8 +488,9 @@ class OpenVINOEngine(Engine):
             per_image = cells * tokens * dim * 4 * 12 if graph.graph else 0  # masked token sets, activations
         else:
             head = inner.head(feature) if graph_algorithm == "recipro_cam" else Head(full=None)
+            layout = inner.layout_for(feature) if hasattr(inner, "layout_for") else None  # token-grid models
             graph = ExplainGraph(inner.model, inner.target.name, inner.target.call_index, head, tuple(feature.shape),
-                                 graph_algorithm, run.mask, run.score, raw_maps=True)
+                                 graph_algorithm, run.mask, run.score, raw_maps=True, layout=layout)
             per_image = 0
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         with torch.no_grad():
