@@ -250,3 +250,26 @@ def test_scorer_through_engine_and_onnx(rng, tmp_path):
     np.testing.assert_allclose(as_scorer(str(path), batch_size=3)(x), want, rtol=1e-4, atol=1e-5)
     with pytest.raises(xaifast.XaifastError, match=".xml or an .onnx"):
         as_scorer("model.pt")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_file_scorer_async_pieces_keep_order(rng, tmp_path, dynamic):
+    """A model file's chunks are cut into infer_batch pieces on async requests: every piece size
+    (1, uneven, larger than the chunk) gives the module's scores, rows in order."""
+    from pathlib import Path
+
+    from xaifast.engines.scorer import _file_scorer
+
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 7)).eval()
+    x = torch.from_numpy(rng.uniform(-1, 1, size=(23, 3, 10, 14)).astype(np.float32))
+    want = torch.softmax(model(x), 1).detach()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (x[:2],), str(path), input_names=["x"], output_names=["logits"], dynamo=False,
+                      dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}} if dynamic else None)
+    for infer_batch, batch_size in [(1, 5), (3, 10), (4, 23), (8, 64), (30, 7)]:
+        scorer = _file_scorer(Path(path), "softmax", batch_size, infer_batch=infer_batch)
+        np.testing.assert_allclose(scorer(x), want, rtol=1e-4, atol=1e-5, err_msg=f"{infer_batch}, {batch_size}")
+        np.testing.assert_allclose(scorer(x[:1]), want[:1], rtol=1e-4, atol=1e-5)

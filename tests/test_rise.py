@@ -102,3 +102,41 @@ def test_explain_pipeline_with_rise():
         assert np.abs(ex.saliency_map[k].astype(int) - want[b, k].numpy().astype(int)).max() <= 1
     raw = xaifast.saliency_maps(model_np, x, algorithm="rise", num_masks=40, num_cells=4, seed=2)
     assert raw.shape == (3, 3, 16, 20)
+
+
+def test_explain_rise_accumulates_only_the_asked_classes():
+    """PREDICTIONS and custom classes: RISE makes maps of those classes only (not K x H x W per
+    image), equal to the same classes of the full computation; ALL keeps every class."""
+    from xaifast.engines import make_engine
+    from xaifast.engines.base import Request
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                                torch.nn.Flatten(), torch.nn.Linear(32, 12)).eval()
+    x = torch.rand(3, 3, 16, 20)
+    opts = dict(num_masks=48, num_cells=4, seed=1)
+    full = rise(model, x, **opts).raw  # every class [3, 12, 16, 20]
+    full_u8 = xaifast.functional.normalize(full)
+    engine = make_engine(model, xaifast.ExplainConfig(algorithm="rise"))
+    pred = torch.softmax(model(x), 1).argmax(1).tolist()
+
+    req = engine.resolve(Request("rise", normalize=False, rise=dict(opts, classes="predicted")))
+    res = engine.explain_batch(x, req)
+    assert res.map_classes == sorted(set(pred)) and res.maps.raw.shape[1] == len(set(pred)) < 12
+    torch.testing.assert_close(res.maps.raw, full[:, res.map_classes], rtol=1e-5, atol=1e-7)
+
+    cfg = xaifast.ExplainConfig(algorithm="rise", target_explain_group="PREDICTIONS")
+    for b, ex in enumerate(xaifast.explain(model, x, cfg, **opts)):
+        assert list(ex.saliency_map) == [pred[b]]
+        assert np.abs(ex.saliency_map[pred[b]].astype(int) - full_u8[b, pred[b]].numpy().astype(int)).max() <= 1
+
+    cfg = xaifast.ExplainConfig(algorithm="rise", target_explain_group="CUSTOM", target_classes=[7, 2])
+    req = engine.resolve(Request("rise", normalize=False, rise=dict(opts, classes=[7, 2])))
+    assert engine.explain_batch(x, req).map_classes == [2, 7]
+    for b, ex in enumerate(xaifast.explain(model, x, cfg, **opts)):
+        assert list(ex.saliency_map) == [7, 2]
+        for k in (7, 2):
+            assert np.abs(ex.saliency_map[k].astype(int) - full_u8[b, k].numpy().astype(int)).max() <= 1
+
+    raw = xaifast.saliency_maps(model, x, algorithm="rise", **opts)  # ALL: every class
+    torch.testing.assert_close(torch.as_tensor(raw), full, rtol=1e-5, atol=1e-7)

@@ -190,7 +190,7 @@ class ExplainRun:
                           detection=dict(feature_level=algorithm.feature_level,
                                          score_threshold=algorithm.score_threshold, map_size=algorithm.map_size),
                           rise=dict(num_masks=algorithm.num_masks, num_cells=algorithm.num_cells, prob=algorithm.prob,
-                                    seed=algorithm.seed))
+                                    seed=algorithm.seed, classes=self._rise_classes(config)))
         self.request = engine.resolve(request)
         self.algorithm = self.request.algorithm
         engine.check(self.request)
@@ -296,6 +296,17 @@ class ExplainRun:
         if self.warn:
             warnings.warn(f"skipping {sample.source}: {reason}", stacklevel=4)
 
+    @staticmethod
+    def _rise_classes(config: ExplainConfig):
+        """The classes RISE accumulates (one H x W map each): every class for ALL (and IMAGE),
+        "predicted" for PREDICTIONS, the custom class references (resolved by the engine)."""
+        group = config.target_explain_group
+        if group is TargetExplainGroup.PREDICTIONS:
+            return "predicted"
+        if group is TargetExplainGroup.CUSTOM:
+            return list(config.target_classes)
+        return None
+
     # ------------------------------------------------------------------ engine + targets
     def batch_results(self) -> Iterator[Tuple[List[Sample], BatchResult]]:
         for batch, result in self.engine.stream(self._batches(self._samples), self.request):
@@ -335,7 +346,10 @@ class ExplainRun:
                 keys, maps = ["image"], u8[b, :1]
             else:
                 keys = self.targets(pred.predicted, result.num_classes)
-                maps = u8[b] if cfg.target_explain_group is TargetExplainGroup.ALL else u8[b, keys]  # ALL: a view
+                if result.map_classes is not None:  # maps of some classes only: rows by class
+                    maps = u8[b, [result.map_classes.index(k) for k in keys]]
+                else:
+                    maps = u8[b] if cfg.target_explain_group is TargetExplainGroup.ALL else u8[b, keys]  # ALL: a view
             yield self.explanation(sample, keys, maps, pred, image_hw)
 
     def explanation(self, sample: Sample, keys: list, maps: np.ndarray, pred, image_hw) -> Explanation:
@@ -364,7 +378,14 @@ class ExplainRun:
 
     def raw_maps(self) -> torch.Tensor:
         """Raw float32 maps [B, K, h, w] of every image (`saliency_maps`)."""
-        raws = [result.maps.raw for _, result in self.batch_results()]
+        raws = []
+        for _, result in self.batch_results():
+            raw = result.maps.raw
+            if result.map_classes is not None:  # some classes only: the others' maps are zeros
+                full = raw.new_zeros((raw.shape[0], result.num_classes) + tuple(raw.shape[2:]))
+                full[:, result.map_classes] = raw
+                raw = full
+            raws.append(raw)
         if self.failures and self.warn:
             warnings.warn(f"{len(self.failures)} input(s) could not be read and were skipped", stacklevel=3)
         if not raws:

@@ -75,11 +75,14 @@ class ImagePrediction:
 @dataclass
 class BatchResult:
     """maps: the batch's maps [B, K or 1, h, w] (uint8 in `normalized` when the request asked for
-    it, else raw float32); predictions: one per image; num_classes: K of the model."""
+    it, else raw float32); predictions: one per image; num_classes: K of the model; map_classes:
+    None when the maps are every class in order (or class-agnostic), else the class of each map row
+    (the same for every image: engines that compute only the classes a run asks for, e.g. RISE)."""
 
     maps: SaliencyResult
     predictions: List[ImagePrediction]
     num_classes: int
+    map_classes: Optional[List[int]] = None
 
     def uint8(self) -> np.ndarray:
         from ..functional import normalize

@@ -3,12 +3,13 @@
 `RiseEngine` serves `explain(model, data, algorithm="rise")` for an nn.Module, an .xml / .onnx
 file (exported by xaifast or not) or a Python callable on numpy batches. Predictions are the
 model's scores on the image (softmax, or sigmoid for multilabel requests); the maps use the
-request's score (softmax by default); a Python callable's outputs are taken as its scores for both; maps are RISE's [B, K, H, W] at the input's size (memory: K x H x W floats per image).
+request's score (softmax by default); a Python callable's outputs are taken as its scores for both; maps are RISE's at the input's size, of the classes the run asks for only (ALL: [B, K, H, W];
+PREDICTIONS: the batch's predicted classes; custom: those classes; `BatchResult.map_classes`).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -80,19 +81,38 @@ class RiseEngine(Engine):
         options = {**DEFAULTS, **request.rise}
         check_options(options["num_masks"], options["num_cells"], options["prob"])
 
+    def map_classes(self, classes, predictions, num_classes: int) -> Optional[List[int]]:
+        """The classes to accumulate (the same for every image of the batch), None for all:
+        classes = None (ALL), "predicted" (the union of the batch's predicted classes) or
+        class references (indices or label names; CUSTOM)."""
+        if classes is None:
+            return None
+        if classes == "predicted":
+            return sorted({int(k) for p in predictions for k in p.predicted})
+        from ..pipeline import resolve_classes
+
+        return sorted(set(resolve_classes(classes, num_classes, self.adapter.labels)))
+
     def explain_batch(self, x: torch.Tensor, request: Request) -> BatchResult:
         from ..algorithms.rise import DEFAULTS, rise
 
         options = {**DEFAULTS, **request.rise}
+        classes = options.pop("classes", None)
         if callable(self.adapter.model) and not isinstance(self.adapter.model, (torch.nn.Module, Engine)):
             map_scorer = pred_scorer = self.scorer(None)  # a callable's outputs are its scores
         else:
             map_scorer = self.scorer(request.score)
             pred_scorer = self.scorer("sigmoid" if request.multilabel else "softmax")
         probs = pred_scorer(x)
-        scores = probs if map_scorer is pred_scorer else map_scorer(x)
-        result = rise(map_scorer, x, scores=scores, normalize=request.normalize, batch_size=self.batch_size,
-                      **options)
         rows = probs.numpy()
         predictions = [ImagePrediction(row, predicted_classes(row, request.multilabel)) for row in rows]
-        return BatchResult(result, predictions, int(rows.shape[1]))
+        wanted = self.map_classes(classes, predictions, int(rows.shape[1]))
+        if wanted is not None and not wanted:  # nothing predicted in the whole batch: no maps to make
+            b, _, h, w = x.shape
+            raw = torch.zeros(b, 0, h, w)
+            result = SaliencyResult(raw=raw, normalized=raw.to(torch.uint8) if request.normalize else None)
+        else:
+            scores = probs if map_scorer is pred_scorer else map_scorer(x)
+            result = rise(map_scorer, x, targets=wanted, scores=scores, normalize=request.normalize,
+                          batch_size=self.batch_size, **options)
+        return BatchResult(result, predictions, int(rows.shape[1]), map_classes=wanted)
