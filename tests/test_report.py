@@ -239,11 +239,11 @@ def test_report_page_in_chromium(browser, recipe, data, tmp_path):
 
 
 def test_report_rebuilds_thumbnails(browser, recipe, data, tmp_path):
-    """A zarr run without a report, then `xaifast report`: thumbnails from the store and the photos,
+    """A zarr run (by default without a report: a store stays a few files), then `xaifast report`: thumbnails from the store and the photos,
     byte-identical to those a PNG run wrote as it went; a postprocessed PNG run's thumbnails, lost,
     come back from its overlay files."""
     png = explain(recipe, data, tmp_path / "png")
-    zarr = explain(recipe, data, tmp_path / "zarr", "--dump_format", "zarr", "--report", False)
+    zarr = explain(recipe, data, tmp_path / "zarr", "--dump_format", "zarr")  # zarr: no report unless asked
     assert not (zarr / "report.html").exists() and not (zarr / "explain" / "thumbs").exists()
     assert cli(["report", str(tmp_path / "zarr")]) == 0  # a work dir: its newest run
     for r in index_of(png)["images"]:

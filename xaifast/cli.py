@@ -45,9 +45,11 @@ def _explain_parser() -> ArgumentParser:
                         "newest. Given alone, explains the newest model of that work dir (its last exported model, "
                         "or the recipe and checkpoint a run recorded) on the data that run used, as otx explain does")
     p.add_argument("--dump", type=bool, default=True, help="write saliency maps and overlays as image files")
-    p.add_argument("--report", type=bool, default=True,
+    p.add_argument("--report", type=Optional[bool], default=None,
                    help="with --dump: write small thumbnails (explain/thumbs/) and the run's report.html, a static "
-                        "page to browse the images, overlays, predictions and scores (`xaifast report` rebuilds it)")
+                        "page to browse the images, overlays, predictions and scores (`xaifast report` rebuilds it). "
+                        "Default: True for png and jpg dumps, False for zarr (a store is a few files; `xaifast report "
+                        "<run>` makes the thumbnails and the page from it later)")
     p.add_argument("--dump_format", type=str, default="png",
                    help="png (OTX's files) | jpg (the same names with .jpg, quality 90: faster to write, smaller) | zarr "
                         "(every low-resolution map in explain/maps.zarr and one row per image in explain/index.parquet; "

@@ -56,7 +56,7 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
                     settings: Optional[dict] = None, batch_size: int = 16, progress: bool = True,
                     out: Optional[TextIO] = None, precision: str = "f32", max_image_pixels: Optional[int] = 100_000_000,
                     explain_options: Optional[dict] = None, engine: Optional[str] = None,
-                    report: bool = True) -> JobSummary:
+                    report: Optional[bool] = None) -> JobSummary:
     """model: an nn.Module, or the path of an exported .xml / .onnx model (run with OpenVINO).
     data: anything `xaifast.explain` takes. dump: write the maps and overlays (`dump_format` png |
     jpg) under a new run folder of work_dir; sink: a function that also gets every Explanation
@@ -65,13 +65,16 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
     of decoding and of rendering + writing (default: the machine's cores).
     engine: auto | openvino | pytorch (see `xaifast.explain`); precision: OpenVINO's.
     explain_options: more keyword arguments of `xaifast.explain` (e.g. spec=, score_threshold=).
-    report: with dump, also write thumbnails (explain/thumbs/) and the run's report.html.
+    report: with dump, also write thumbnails (explain/thumbs/) and the run's report.html; None (the
+    default): yes for png / jpg runs, no for zarr runs (a store keeps a million images in a few
+    hundred files, and thumbnails are four files an image: `xaifast report <run>` makes them later).
     out: where the per-image lines and the summary go (default: sys.stdout at call time)."""
     out = out if out is not None else sys.stdout
     workers = num_workers or default_workers()
     if workers < 1:
         raise XaifastError(f"num_workers must be >= 1, got {num_workers}")
     fmt = check_dump_format(dump_format)
+    report = (fmt != "zarr") if report is None else bool(report)
     settings = dict(settings or {}, algorithm=config.algorithm, target_explain_group=config.target_explain_group.name,
                     target_classes=list(config.target_classes or []), postprocess=config.postprocess,
                     mask=config.mask, score=config.score, alpha=config.alpha, dump=bool(dump), dump_format=fmt,
@@ -359,3 +362,5 @@ def print_summary(s: JobSummary, work_dir: str, out: TextIO) -> None:
         print(f"results: {s.run_dir / 'explain'}  (newest run: {Path(work_dir) / '.latest'})", file=out)
         if (s.run_dir / "report.html").is_file():
             print(f"report: {s.run_dir / 'report.html'}", file=out)
+        elif s.images:
+            print(f"report: `xaifast report {s.run_dir}` writes report.html (and its thumbnails)", file=out)
