@@ -69,9 +69,16 @@ class ZarrSink:
 
     def __init__(self, run_dir, done_records: Sequence[dict] = (), flush_seconds: Optional[float] = None,
                  suffix: str = ""):
-        zarr = _zarr()
+        import importlib.util
+
+        if importlib.util.find_spec("zarr") is None:
+            _zarr()  # the clear error, now rather than at the first image
         self.path = Path(run_dir) / "explain" / STORE_NAME
-        self.group = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+        # zarr (and pyarrow, for the index at the end) take ~0.5 s to import: open the store on a
+        # thread while the model loads (OpenVINO compiles without the GIL); `group` waits for it
+        self._group, self._opening_error = None, None
+        self._opening = threading.Thread(target=self._open, name="xaifast-zarr-open", daemon=True)
+        self._opening.start()
         if flush_seconds is None:
             flush_seconds = float(os.environ.get("XAIFAST_ZARR_FLUSH_SECONDS", FLUSH_SECONDS))
         self.flush_seconds = flush_seconds
@@ -85,6 +92,23 @@ class ZarrSink:
             if m:
                 ends[m["array"]] = max(ends.get(m["array"], 0), m["row"] + m["count"])
         self._resume_ends = ends
+
+    def _open(self) -> None:
+        try:
+            self._group = _zarr().open_group(str(self.path), mode="a", zarr_format=3)
+            try:
+                import pyarrow.parquet  # noqa: F401  (index.parquet at the end of the run)
+            except ImportError:
+                pass
+        except BaseException as exc:  # raised where the store is first used
+            self._opening_error = exc
+
+    @property
+    def group(self):
+        self._opening.join()
+        if self._opening_error is not None:
+            raise self._opening_error
+        return self._group
 
     def _array(self, h: int, w: int) -> _Array:
         name = array_name(h, w) + self.suffix
@@ -157,6 +181,7 @@ class ZarrSink:
         return ready
 
     def close(self) -> None:
+        self._opening.join()  # (a run that stored nothing: let the store's opening finish)
         with self.lock:
             ready = self._flush_all()
         for callback, fields in ready:
