@@ -33,6 +33,7 @@ import pytest
 import torch
 
 import xaifast
+from ov_floor import async_floor
 from conftest import record_times
 from timing import paired
 
@@ -100,24 +101,7 @@ def setup(request, tmp_path_factory, bench_note):
 
 
 def floor_fn(compiled, x: np.ndarray):
-    depth = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    requests = [compiled.create_infer_request() for _ in range(depth + 1)]
-
-    def run():
-        pending = []
-        for k, i in enumerate(range(0, x.shape[0], BATCH)):
-            r = requests[k % len(requests)]
-            r.start_async({0: x[i:i + BATCH]}, share_inputs=True)
-            pending.append(r)
-            while len(pending) > depth:
-                done = pending.pop(0)
-                done.wait()
-                done.get_output_tensor(0).data.copy()
-        for r in pending:
-            r.wait()
-            r.get_output_tensor(0).data.copy()
-
-    return run
+    return async_floor(compiled, x, BATCH)
 
 
 def explain_fn(model, x, **kw):
