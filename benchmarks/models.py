@@ -11,8 +11,10 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, List, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -79,3 +81,18 @@ def feature_and_logits(model: nn.Module, target: str) -> Callable[[torch.Tensor]
         return captured[-1], logits
 
     return run
+
+
+def write_images(x: torch.Tensor, folder: Path) -> Path:
+    """The preprocessed batch `x` back as 8-bit PNG files image0000.png ... (undoing xaifast's
+    default mean / std), for the benchmarks' folder patterns."""
+    import cv2
+
+    import xaifast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mean, std = np.float32(xaifast.Preprocess().mean), np.float32(xaifast.Preprocess().std)
+    for i, t in enumerate(x.numpy()):
+        rgb = np.clip(np.round(t.transpose(1, 2, 0) * std + mean), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"image{i:04d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return folder

@@ -43,7 +43,7 @@ from xaifast.functional import normalize
 
 from ov_floor import async_floor
 from conftest import record_times
-from models import benchmark_input, resnet50_sized
+from models import benchmark_input, resnet50_sized, write_images
 from timing import paired, quiet
 
 openvino = pytest.importorskip("openvino")
@@ -172,22 +172,11 @@ def test_openvino_xai(benchmark, setup, bench_note, precision):
                f"compile) {out['setup_s']:.1f} s")
 
 
-def _write_images(x: torch.Tensor, folder: Path) -> Path:
-    import cv2
-
-    folder.mkdir(parents=True, exist_ok=True)
-    mean, std = np.float32(xaifast.Preprocess().mean), np.float32(xaifast.Preprocess().std)
-    for i, t in enumerate(x.numpy()):
-        rgb = np.clip(np.round(t.transpose(1, 2, 0) * std + mean), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / f"image{i:04d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    return folder
-
-
 def test_postprocess_and_dump(benchmark, setup):
     """End to end as the CLI runs: PNG files read, PREDICTIONS, maps resized + JET + overlays, written."""
     from xaifast.job import run_explain_job
 
-    images = _write_images(setup["x"], setup["folder"] / "images")
+    images = write_images(setup["x"], setup["folder"] / "images")
     work = setup["folder"] / "work"
     cfg = xaifast.ExplainConfig(target_explain_group="PREDICTIONS", postprocess=True)
 

@@ -49,7 +49,7 @@ import torch
 import xaifast
 
 from conftest import record_times
-from models import benchmark_input, resnet50_sized
+from models import benchmark_input, resnet50_sized, write_images
 from timing import paired
 
 openvino = pytest.importorskip("openvino")
@@ -69,17 +69,6 @@ PATTERNS = {  # pattern -> (engine row, plain rows: the best of them per round i
 }
 
 
-def _write_images(x: torch.Tensor, folder: Path) -> Path:
-    import cv2
-
-    folder.mkdir(parents=True, exist_ok=True)
-    mean, std = np.float32(xaifast.Preprocess().mean), np.float32(xaifast.Preprocess().std)
-    for i, t in enumerate(x.numpy()):
-        rgb = np.clip(np.round(t.transpose(1, 2, 0) * std + mean), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / f"image{i:04d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, bench_note):
     folder = tmp_path_factory.mktemp("ov_patterns")
@@ -87,7 +76,7 @@ def setup(tmp_path_factory, bench_note):
     os.environ["XAIFAST_CACHE_DIR"] = os.environ.get("XAIFAST_BENCH_OVP_CACHE") or str(folder / "cache")
     model = resnet50_sized()
     x = benchmark_input(N)
-    images = _write_images(x, folder / "images")
+    images = write_images(x, folder / "images")
     E.clear_cache()
     t0 = time.perf_counter()
     for precision in ("f32", "auto"):  # convert + compile both (untimed)

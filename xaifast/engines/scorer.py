@@ -27,21 +27,13 @@ import numpy as np
 import torch
 
 from ..errors import XaifastError
+from .base import scores_of
 
 SCORES = ("softmax", "sigmoid", "none")
 
 
 class ScorerError(XaifastError, ValueError):
     """A model that cannot be used as a black-box scorer."""
-
-
-def _apply_score(out: torch.Tensor, score: str) -> torch.Tensor:
-    out = out.float()
-    if score == "softmax":
-        return torch.softmax(out, dim=1)
-    if score == "sigmoid":
-        return torch.sigmoid(out)
-    return out
 
 
 def _logits_of(out) -> torch.Tensor:
@@ -100,7 +92,7 @@ def _module_scorer(model: torch.nn.Module, score: str, batch_size: int) -> Score
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return _apply_score(_logits_of(model(x.to(device))), score)
+            return scores_of(_logits_of(model(x.to(device))), score)
 
     return Scorer(fn, batch_size, device, type(model).__name__, multilabel=score == "sigmoid")
 
@@ -197,12 +189,12 @@ def _file_scorer(path: Path, score: str, batch_size: int, infer_batch: int = FIL
         if state["batched"] is not None:
             try:
                 net = state["batched"]
-                return _apply_score(run_async(net, a) if dynamic else run_sync(net, a), score)
+                return scores_of(run_async(net, a) if dynamic else run_sync(net, a), score)
             except RuntimeError:
                 if not dynamic or a.shape[0] == 1:
                     raise
                 state["batched"] = None  # a graph traced at batch 1 (constants of that batch): one at a time
-        return _apply_score(torch.cat([run_sync(static, a[i:i + 1]) for i in range(a.shape[0])]), score)
+        return scores_of(torch.cat([run_sync(static, a[i:i + 1]) for i in range(a.shape[0])]), score)
 
     return Scorer(fn, batch_size, torch.device("cpu"), str(path), multilabel=score == "sigmoid")
 
@@ -213,7 +205,7 @@ def _callable_scorer(fn_np: Callable, score: Optional[str], batch_size: int) -> 
     def fn(x: torch.Tensor) -> torch.Tensor:
         out = fn_np(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32))
         out = torch.as_tensor(np.asarray(out))
-        return _apply_score(out, score) if score is not None else out.float()
+        return scores_of(out, score) if score is not None else out.float()
 
     return Scorer(fn, batch_size, torch.device("cpu"), name, multilabel=score == "sigmoid")
 

@@ -177,3 +177,16 @@ def fill_predicted(entries: List[MapEntry], scorer, x: torch.Tensor, scores: Opt
             else:
                 e.cls = int(torch.argmax(scores[e.image]))
     return scores
+
+
+def prepare(model, images, explanations, targets, score, batch_size):
+    """What every model-based metric starts with: (scorer, images [B, C, H, W], the map entries,
+    the images' scores when class-agnostic entries needed them to pick the predicted class)."""
+    from ..engines.scorer import as_scorer
+
+    scorer = as_scorer(model, score=score, batch_size=batch_size)
+    x = as_images(images)
+    entries = map_entries(explanations, targets, num_images=x.shape[0])
+    if not entries:
+        raise MetricError("no maps to evaluate")
+    return scorer, x, entries, fill_predicted(entries, scorer, x)

@@ -18,8 +18,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-from ..engines.scorer import as_scorer
-from ._common import Baseline, MetricError, as_images, baseline_of, check_map, fill_predicted, map_entries, resize_map
+from ._common import Baseline, MetricError, baseline_of, check_map, prepare, resize_map
 
 
 def scale01(m: np.ndarray) -> np.ndarray:
@@ -55,13 +54,8 @@ def adcc(model, images, explanations, *, explainer: Union[str, Callable], target
     Returns {"adcc", "coherency", "complexity", "average_drop", "per_map": [...]}."""
     from .explainers import make_explainer
 
-    scorer = as_scorer(model, score=score, batch_size=batch_size)
-    x = as_images(images)
-    b_count, c, h, w = x.shape
-    entries = map_entries(explanations, targets, num_images=b_count)
-    if not entries:
-        raise MetricError("no maps to evaluate")
-    scores_x = fill_predicted(entries, scorer, x)
+    scorer, x, entries, scores_x = prepare(model, images, explanations, targets, score, batch_size)
+    _, c, h, w = x.shape
     if scores_x is None:
         scores_x = scorer(x)
     explain = explainer if callable(explainer) else make_explainer(model, explainer, **(explainer_options or {}))

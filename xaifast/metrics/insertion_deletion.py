@@ -20,9 +20,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from ..engines.scorer import as_scorer
-from ._common import (Baseline, MetricError, as_images, baseline_of, check_map, fill_predicted, map_entries,
-                      resize_map)
+from ._common import Baseline, MetricError, baseline_of, check_map, prepare, resize_map
 
 
 def auc(curve) -> float:
@@ -61,13 +59,8 @@ def insertion_deletion_auc(model, images, explanations, steps: int = 30, *, targ
     if int(steps) < 1:
         raise MetricError(f"steps must be >= 1, got {steps}")
     steps = int(steps)
-    scorer = as_scorer(model, score=score, batch_size=batch_size)
-    x = as_images(images)
+    scorer, x, entries, scores_x = prepare(model, images, explanations, targets, score, batch_size)
     b_count, c, h, w = x.shape
-    entries = map_entries(explanations, targets, num_images=b_count)
-    if not entries:
-        raise MetricError("no maps to evaluate")
-    scores_x = fill_predicted(entries, scorer, x)
     base = baseline_of(baseline, x).expand(c, h, w)
     hw = h * w
     counts = torch.tensor(step_counts(hw, steps))
