@@ -15,7 +15,7 @@ import torch
 
 import xaifast  # noqa: F401
 from xaifast.cli import main as cli
-from xaifast.stages.thumbs import MAX_OVERLAYS, make_thumbs, thumb_keys, thumb_rel, thumb_size
+from xaifast.stages.thumbs import MAX_OVERLAYS, make_thumbs, shrink, thumb_keys, thumb_rel, thumb_size
 
 from chromium import Browser, find_chromium
 
@@ -123,6 +123,39 @@ def _jet_overlay_reference(image_small, low, alpha):
     return np.floor((1 - alpha) * image_small.astype(np.float64) + alpha * heat + 0.5).astype(np.uint8), heat
 
 
+def _box_reference(image, w, h):
+    """float64 area average: every output pixel is the mean of its footprint (fractional edges)."""
+    def weights(n_in, n_out):
+        m, s = np.zeros((n_out, n_in)), n_in / n_out
+        for o in range(n_out):
+            a, b = o * s, (o + 1) * s
+            for i in range(int(np.floor(a)), min(n_in, int(np.ceil(b)))):
+                m[o, i] = min(b, i + 1) - max(a, i)
+        return m / s
+    rows = np.tensordot(weights(image.shape[0], h), image.astype(np.float64), axes=(1, 0))  # [h, W, c]
+    return np.einsum("pw,hwc->hpc", weights(image.shape[1], w), rows)
+
+
+@pytest.mark.parametrize("hw", [(480, 640), (1198, 900), (2000, 1500), (300, 200), (257, 129), (131, 1000), (96, 128)])
+def test_shrink_is_a_box_filter(rng, hw):
+    """Thumbnails: `shrink` against a float64 box filter on photo-like (smooth + noise) images; at
+    most 2x it is exactly cv2's INTER_AREA."""
+    coarse = rng.uniform(0, 255, (max(2, hw[0] // 40), max(2, hw[1] // 40), 3)).astype(np.float32)
+    smooth = cv2.resize(coarse, (hw[1], hw[0]), interpolation=cv2.INTER_CUBIC)
+    image = np.clip(smooth + rng.normal(0, 8, (*hw, 3)), 0, 255).astype(np.uint8)
+    h, w = thumb_size(*hw)
+    out = shrink(image, w, h)
+    assert out.shape == (h, w, 3) and out.dtype == np.uint8
+    f = min(hw[1] // (2 * w), hw[0] // (2 * h))
+    seen = image[: hw[0] // f * f, : hw[1] // f * f] if f >= 2 and (hw[1] > 6 * w or hw[0] > 6 * h) else image
+    err = np.abs(out.astype(np.float64) - _box_reference(seen, w, h))  # (a huge image loses < f rows)
+    assert err.mean() < 2.5 and np.percentile(err, 99) < 12, (err.mean(), np.percentile(err, 99))
+    if max(hw[0] / h, hw[1] / w) <= 2:
+        np.testing.assert_array_equal(out, cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA))
+    gray = shrink(image[:, :, 0], w, h)
+    assert gray.shape == (h, w)
+
+
 @pytest.mark.parametrize("hw,low_hw", [((480, 640), (7, 7)), ((97, 45), (3, 5)), ((64, 64), (8, 8)),
                                        ((1000, 130), (14, 14))])
 def test_thumbnails_match_reference(rng, hw, low_hw):
@@ -131,7 +164,7 @@ def test_thumbnails_match_reference(rng, hw, low_hw):
     out = dict(make_thumbs([5, "image"], maps, image, hw, alpha=0.4))
     h, w = thumb_size(*hw)
     assert max(h, w) == min(128, max(hw)) and (h, w) == out["input"].shape[:2]
-    small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != hw else image
+    small = shrink(image, w, h)
     np.testing.assert_array_equal(out["input"], small)
     for i, key in enumerate([5, "image"]):
         ref, heat = _jet_overlay_reference(small, maps[i], 0.4)

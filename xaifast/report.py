@@ -383,7 +383,7 @@ def _thumbs_of(run, pos: int, record: dict, thumb_keys):
     import numpy as np
 
     from .data import read_image
-    from .stages.thumbs import make_thumbs, thumb_size
+    from .stages.thumbs import make_thumbs, shrink, thumb_size
 
     targets = [t if t == "image" else int(t) for t in record.get("targets", [])]
     keys = thumb_keys(targets, run._predicted(record))
@@ -410,7 +410,7 @@ def _thumbs_of(run, pos: int, record: dict, thumb_keys):
             if picture.ndim == 2:
                 picture = cv2.cvtColor(picture, cv2.COLOR_GRAY2RGB)
             h, w = thumb_size(*picture.shape[:2])
-            thumbs.append((k, cv2.resize(picture, (w, h), interpolation=cv2.INTER_AREA)))
+            thumbs.append((k, shrink(picture, w, h)))
         return thumbs or None
     except (OSError, ValueError, XaifastError, KeyError):
         return None  # the run's files or store are gone: no thumbnails for this image
