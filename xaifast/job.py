@@ -30,6 +30,7 @@ from .errors import XaifastError
 from .pipeline import default_workers, explain
 from .rundir import SETTINGS_FILE, new_run_dir, point_latest, resume_target, write_json_atomic
 from .distributed import Dist
+from .stages.files import FileWriter, default_writers
 from .stages.journal import Journal, read_journals
 from .stages.sinks import CallbackSink, FolderSink, NullSink, check_dump_format, files_exist
 
@@ -83,11 +84,12 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
     dist = Dist.from_env()
     run_dir, done = _open_run(Path(work_dir), resume, settings, dist) if dump else (None, [])
     journal = Journal(run_dir / "explain" / dist.journal_name()) if run_dir is not None else None
-    sinks = [_sink(run_dir, fmt, done, dist)] + ([CallbackSink(sink)] if sink is not None else [])
+    writer = FileWriter(default_writers(workers)) if run_dir is not None and (fmt != "zarr" or report) else None
+    sinks = [_sink(run_dir, fmt, done, dist, writer)] + ([CallbackSink(sink)] if sink is not None else [])
     if run_dir is not None and report:  # the report's thumbnails, after the main sink
         from .stages.thumbs import ThumbSink
 
-        sinks.insert(1, ThumbSink(run_dir))
+        sinks.insert(1, ThumbSink(run_dir, writer))
     bar = _progress(None, progress)
     write_report_page = bool(report)
     report = _Reporter(out, bar)
@@ -146,8 +148,12 @@ def run_explain_job(model, data, config: ExplainConfig, *, work_dir: str, dump: 
         interrupted = True
         raise
     finally:
-        for target in sinks:  # stores what they hold (journaling it), then the journal is closed
-            target.close()
+        try:
+            for target in sinks:  # stores what they hold (journaling it), then the journal is closed
+                target.close()
+        finally:
+            if writer is not None:  # the files queued, then their images journaled
+                writer.close()
         if journal is not None:
             journal.close()
         if bar is not None:
@@ -259,7 +265,7 @@ def _shard_size(run, dist: Dist) -> Optional[int]:
     return last - first
 
 
-def _sink(run_dir: Optional[Path], fmt: str, done: List[dict], dist: Dist):
+def _sink(run_dir: Optional[Path], fmt: str, done: List[dict], dist: Dist, writer=None):
     """Where the run's images go: OTX's files (png / jpg), the zarr store, or nowhere (no dump)."""
     if run_dir is None:
         return NullSink()
@@ -267,7 +273,7 @@ def _sink(run_dir: Optional[Path], fmt: str, done: List[dict], dist: Dist):
         from .stages.zarr_store import ZarrSink
 
         return ZarrSink(run_dir, done, suffix=dist.array_suffix())
-    return FolderSink(run_dir, fmt)
+    return FolderSink(run_dir, fmt, writer=writer)
 
 
 def _rel(item) -> Optional[str]:

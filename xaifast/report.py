@@ -365,7 +365,7 @@ def _remake_thumbs(run, everything: bool) -> int:
     the records in memory (the report shows them); returns the number of files written."""
     from .stages.thumbs import thumb_keys, thumbs_exist, write_thumbs
 
-    made, dirs = 0, set()
+    made = 0
     for pos, record in enumerate(run.records):
         have = record.get("thumbs")
         if not everything and have and thumbs_exist(run.path, record["index"], have):
@@ -373,7 +373,7 @@ def _remake_thumbs(run, everything: bool) -> int:
         thumbs = _thumbs_of(run, pos, record, thumb_keys)
         if thumbs is None:
             continue
-        record["thumbs"] = write_thumbs(run.path, record["index"], thumbs, dirs)
+        record["thumbs"] = write_thumbs(run.path, record["index"], thumbs)
         made += len(thumbs)
     return made
 

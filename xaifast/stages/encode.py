@@ -46,7 +46,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 from typing import Union
 
 import cv2
@@ -164,25 +163,28 @@ def encode_jpg(image: np.ndarray, quality: int = 90) -> bytes:
     return _cv2_encode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
 
 
-def encode(image: np.ndarray, fmt: str) -> bytes:
-    """encode_png or encode_jpg by `fmt`: "png" or "jpg" ("jpeg" also accepted)."""
+def encode(image: np.ndarray, fmt: str, quality: int = 90) -> bytes:
+    """encode_png or encode_jpg by `fmt`: "png" or "jpg" ("jpeg" also accepted); `quality`: JPEG's."""
     f = str(fmt).lower().lstrip(".")
     if f == "png":
         return encode_png(image)
     if f in ("jpg", "jpeg"):
-        return encode_jpg(image)
+        return encode_jpg(image, quality)
     raise ValueError(f"unknown image format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
-def write_atomic(path: Union[str, os.PathLike], data) -> None:
+def write_atomic(path: Union[str, os.PathLike], data, make_parents: bool = True) -> None:
     """Write `data` (bytes or any buffer) to `path` so that no file ever holds the final name
     half-written: write to `.{name}.tmp-{pid}-{thread id}` in the same folder, then os.replace
     (atomic on one file system; an existing file is replaced). Parent folders are created. On any
     error (or KeyboardInterrupt) the temp file is removed and the final name is left as it was.
-    No fsync: atomic for readers and against this process failing, not durable against a power loss."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    No fsync: atomic for readers and against this process failing, not durable against a power loss.
+    make_parents False: the caller made the folder (saves a mkdir system call per file)."""
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    if make_parents and folder:
+        os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -6,7 +6,8 @@ written for the zarr store), with what the journal should record of it ({"files"
 
 - `FolderSink`: OTX's files, `<run>/explain/saliency_maps/<rel dir>/<stem>_class_<k>_saliency_map.png`
   and `..._overlay.png` (`_image_` for class-agnostic maps), PNG or JPEG (`.jpg`, quality 90),
-  each written under a temporary name and renamed: no file ever holds a final name half-written.
+  each written under a temporary name and renamed: no file ever holds a final name half-written;
+  encoded on the calling (worker) thread, created by the job's `stages.files.FileWriter`.
 - `CallbackSink`: a user's function gets every `Explanation`.
 - `NullSink`: nothing (`--dump False`).
 - `stages.zarr_store.ZarrSink`: the low-resolution maps in one Zarr store (`--dump_format zarr`).
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
 from ..errors import XaifastError
-from .encode import encode, write_atomic
+from .encode import encode
+from .files import write_files
 
 DUMP_FORMATS = ("png", "jpg")
 EXTENSIONS = {"png": ".png", "jpg": ".jpg"}
@@ -63,8 +65,9 @@ def file_tag(key) -> str:
 class FolderSink:
     """OTX's PNG (or JPEG) files under `<run_dir>/explain/saliency_maps/`."""
 
-    def __init__(self, run_dir, fmt: str = "png", quality: int = 90):
+    def __init__(self, run_dir, fmt: str = "png", quality: int = 90, writer=None):
         self.run_dir = Path(run_dir)
+        self.writer = writer  # a stages.files.FileWriter, or None: write on the calling thread
         self.maps_dir = self.run_dir / "explain" / "saliency_maps"
         self.maps_dir.mkdir(parents=True, exist_ok=True)
         self.fmt = check_dump_format(fmt)
@@ -72,12 +75,16 @@ class FolderSink:
         self.quality = quality
 
     def write(self, ex, done: Callable[[dict], None]) -> None:
-        written = []
+        files, written = [], []
         for key, kind, pixels in ex.files():
-            path = self.maps_dir / f"{ex.name}_{file_tag(key)}_{kind}{self.ext}"
-            write_atomic(path, encode(pixels, self.fmt))
-            written.append(path.relative_to(self.run_dir).as_posix())
-        done({"files": written})
+            rel = f"explain/saliency_maps/{ex.name}_{file_tag(key)}_{kind}{self.ext}"
+            files.append((self.run_dir / rel, encode(pixels, self.fmt, self.quality)))
+            written.append(rel)
+        if self.writer is None:
+            write_files(files)
+            done({"files": written})
+        else:
+            self.writer.write(files, lambda: done({"files": written}))
 
     def close(self) -> None:
         pass

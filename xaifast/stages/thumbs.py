@@ -7,7 +7,7 @@ the run (a sink beside the main one) so that `report.html` never touches a full-
 
 Named by the image's input position, never by its file name (a name is data, not a path we
 build on). Made at thumbnail size from the start: the photo is shrunk once (`shrink`: a box
-filter, as INTER_AREA, at a tenth of its cost) to at most THUMB_SIZE pixels on its longer side, and the low-resolution maps are resized, colored and
+filter close to INTER_AREA's, at about half its cost) to at most THUMB_SIZE pixels on its longer side, and the low-resolution maps are resized, colored and
 blended onto that small photo with the same C++ postprocessor as full-size overlays; detections are
 drawn as their boxes (no text: it would not be readable at this size). Without the photo (tensor
 inputs) the thumbnails are the heat maps. Cost per image: one resize of the photo and 1 + up to
@@ -70,8 +70,8 @@ def shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """`image` reduced to width x height, close to cv2's INTER_AREA (a box filter: every input
     pixel counts, no aliasing) at a fraction of its cost: INTER_AREA at a non-integer ratio costs
     ~2 ms for a 650 px photo here, more than the JPEG encode of the thumbnail. Three steps, each
-    fast in OpenCV: an integer box reduction (INTER_AREA's fast path) while the image is over
-    4x the target, then INTER_LINEAR to twice the target (a ratio under 4: two taps still see
+    fast in OpenCV: an integer box reduction (INTER_AREA's fast path) when the image is over
+    6x the target (down to 2-4x), then INTER_LINEAR to twice the target (a ratio under 4: two taps still see
     every second pixel), then INTER_AREA by exactly 2. An image at most twice the target gets
     plain INTER_AREA. The integer step drops the last f - 1 rows and columns at most (f the integer
     factor, the image over 6x the target): under a sixth of one thumbnail pixel."""
@@ -128,31 +128,30 @@ def _boxes(picture: np.ndarray, detections, only_class: Optional[int], sx: float
     return picture
 
 
-def write_thumbs(run_dir, index: int, thumbs: Sequence[Tuple[object, np.ndarray]], made_dirs: Optional[set] = None
-                 ) -> List:
-    """Write the thumbnails (JPEG, atomically); returns their keys as the journal records them."""
-    from .encode import encode_jpg, write_atomic
+def encode_thumbs(run_dir, index: int, thumbs: Sequence[Tuple[object, np.ndarray]]) -> Tuple[List, List]:
+    """([(path, JPEG bytes)], keys as the journal records them) of an image's thumbnails."""
+    from .encode import encode_jpg
 
     run_dir = Path(run_dir)
-    keys = []
-    for key, pixels in thumbs:
-        path = run_dir / thumb_rel(index, key)
-        folder = path.parent
-        if made_dirs is None or folder not in made_dirs:
-            folder.mkdir(parents=True, exist_ok=True)
-            if made_dirs is not None:
-                made_dirs.add(folder)
-        write_atomic(path, encode_jpg(pixels, QUALITY))
-        keys.append(key)
+    return [(run_dir / thumb_rel(index, key), encode_jpg(pixels, QUALITY)) for key, pixels in thumbs], \
+        [key for key, _ in thumbs]
+
+
+def write_thumbs(run_dir, index: int, thumbs: Sequence[Tuple[object, np.ndarray]]) -> List:
+    """Write the thumbnails (JPEG, atomically) on this thread; returns their keys as the journal records them."""
+    from .files import write_files
+
+    files, keys = encode_thumbs(run_dir, index, thumbs)
+    write_files(files)
     return keys
 
 
 class ThumbSink:
     """The report's thumbnails of every image (see the module doc); journals {"thumbs": [keys]}."""
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, writer=None):
         self.run_dir = Path(run_dir)
-        self._dirs: set = set()
+        self.writer = writer  # a stages.files.FileWriter, or None: write on the calling thread
 
     def write(self, ex, done: Callable[[dict], None]) -> None:
         r = ex.renderer
@@ -162,7 +161,11 @@ class ThumbSink:
         keys = thumb_keys(r.keys, ex.predicted)
         maps = r.maps[[r._index[k] for k in keys]] if keys else None
         thumbs = make_thumbs(keys, maps, r.image, r.size, r.alpha, r.shown)
-        done({"thumbs": write_thumbs(self.run_dir, ex.index, thumbs, self._dirs)})
+        if self.writer is None:
+            done({"thumbs": write_thumbs(self.run_dir, ex.index, thumbs)})
+            return
+        files, made = encode_thumbs(self.run_dir, ex.index, thumbs)
+        self.writer.write(files, lambda: done({"thumbs": made}))
 
     def close(self) -> None:
         pass
