@@ -209,6 +209,44 @@ def test_resume_refuses_other_settings(tmp_path, rng, recipe):
     assert code == 2 and "no run to continue" in err
 
 
+def test_disk_full_stops_the_run_keeps_what_is_written_and_resume_finishes(tmp_path, rng, monkeypatch):
+    """A file that cannot be written (ENOSPC on the 23rd) stops the run with an error naming it; every
+    journaled image has all its files; a resumed run gives the files of an uninterrupted one."""
+    import errno
+
+    import xaifast.stages.files as files_stage
+    from xaifast.stages.thumbs import thumbs_exist
+
+    data = tmp_path / "data"
+    for i in range(24):
+        _write(data / f"c{i % 2}" / f"p{i:02d}.jpg", _photo(rng, 48 + i, 64))
+    model = SmallCNN(num_classes=5)
+    whole = _job(model, data, tmp_path / "whole", num_workers=2).run_dir
+
+    real, count = files_stage.write_atomic, [0]
+
+    def failing(path, data, make_parents=True):
+        count[0] += 1
+        if count[0] == 23:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data, make_parents)
+
+    monkeypatch.setattr(files_stage, "write_atomic", failing)
+    with pytest.raises(OSError, match=r"could not write .*explain/.*\.jpg: No space left.*resume"):
+        _job(model, data, tmp_path / "cut", num_workers=2)
+    monkeypatch.setattr(files_stage, "write_atomic", real)
+    run = (tmp_path / "cut" / ".latest").resolve()
+    records = [json.loads(line) for line in (run / "explain" / "index.jsonl").read_text().splitlines()]
+    assert 0 < len(records) < 24
+    for r in records:  # journaled means its files are there
+        assert all((run / f).is_file() for f in r["files"]) and len(r["files"]) == 2
+        assert thumbs_exist(run, r["index"], r["thumbs"]) and r["thumbs"]
+    summary = _job(model, data, tmp_path / "cut", num_workers=2, resume=True)
+    assert summary.run_dir == run and summary.resumed == len(records)
+    assert _files(run) == _files(whole)
+    assert _index(run) == _index(whole)
+
+
 def test_jpg_dumps_have_the_same_names(tmp_path, rng):
     data = tmp_path / "d"
     _write(data / "a.png", _photo(rng, 50, 40))
