@@ -58,6 +58,46 @@ def test_groups_all_predictions_custom(model):
     assert list(named[0].saliency_map) == [4, 0] and named[0].labels == {4: "e", 0: "a"}
 
 
+def test_all_group_maps_share_one_index_but_stay_per_image(model):
+    """ALL: every image's `maps` is a mapping over its own [K, h, w] rows (one key index shared
+    across images, no per-image dict of K entries); labels are a copy per image."""
+    x = torch.randn(5, 3, 32, 32)
+    raw = xaifast.saliency_maps(model, x, score="softmax")
+    exs = list(xaifast.explain(model, x, ExplainConfig(target_explain_group="ALL", score="softmax"),
+                               labels=list("abcde"), batch_size=2))
+    u8 = [{k: e.maps[k].copy() for k in e.maps} for e in exs]
+    for i, e in enumerate(exs):
+        assert list(e.maps) == list(range(5)) and len(e.maps) == 5
+        assert 4 in e.maps and 5 not in e.maps and "image" not in e.maps and [1] not in e.maps
+        assert dict(e.maps).keys() == set(range(5)) and list(e.saliency_map) == list(range(5))
+        assert all(np.array_equal(e.maps[k], u8[i][k]) and np.array_equal(e.saliency_map[k], u8[i][k]) for k in u8[i])
+        lo = raw[i].numpy().astype(np.float64)  # uint8 = round(255 * (m - min) / (max - min)), per map
+        for k in range(5):
+            span = lo[k].max() - lo[k].min()
+            expected = np.round(255 * (lo[k] - lo[k].min()) / span) if span > 0 else np.zeros_like(lo[k])
+            assert np.abs(e.maps[k].astype(int) - expected).max() <= 1
+        with pytest.raises(KeyError):
+            e.maps[7]
+    assert not np.array_equal(exs[0].maps[0], exs[1].maps[0])  # not one image's rows for all
+    exs[0].labels[0] = "changed"
+    assert exs[1].labels == dict(enumerate("abcde"))
+    np.testing.assert_allclose(np.stack([e.prediction for e in exs]), torch.softmax(model(x), 1).detach().numpy(),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_host_scores_match_torch():
+    from xaifast.engines.base import _host_scores
+
+    rng = np.random.default_rng(0)
+    for shape, scale in [((1, 1), 1), ((3, 10), 5), ((16, 1000), 30), ((2, 7), 200)]:
+        logits = torch.from_numpy(rng.normal(0, scale, shape).astype(np.float32))
+        with np.errstate(all="raise"):  # no warning or error, whatever the caller's numpy settings
+            soft, sig = _host_scores(logits, False), _host_scores(logits, True)
+        assert soft.dtype == sig.dtype == np.float32
+        np.testing.assert_allclose(soft, torch.softmax(logits.double(), 1).numpy(), rtol=2e-6, atol=1e-9)
+        np.testing.assert_allclose(sig, torch.sigmoid(logits.double()).numpy(), rtol=2e-6, atol=1e-9)
+
+
 def test_multilabel_predictions_use_threshold(model):
     x = torch.randn(4, 3, 32, 32)
     cfg = ExplainConfig(target_explain_group="PREDICTIONS", score="sigmoid")

@@ -33,7 +33,7 @@ from .engines import Engine, make_engine
 from .engines.base import BatchResult, Request
 from .errors import ClassIndexError, DataError, XaifastError
 from .explanation import Explanation
-from .stages.render import Renderer, RenderedMaps
+from .stages.render import LowResMaps, Renderer, RenderedMaps
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -325,10 +325,23 @@ class ExplainRun:
     def targets(self, predicted: List[int], num_classes: int) -> List[int]:
         group = self.config.target_explain_group
         if group is TargetExplainGroup.ALL:
-            return list(range(num_classes))
+            return self._all_keys(num_classes)[0]
         if group is TargetExplainGroup.PREDICTIONS:
             return predicted
         return resolve_classes(self.config.target_classes, num_classes, self.engine.labels)
+
+    def _all_keys(self, num_classes: int):
+        """([0..K-1], {k: k}, {k: label}) shared by every image of an ALL run (never modified)."""
+        cached = getattr(self, "_all_cache", None)
+        if cached is None or len(cached[0]) != num_classes:
+            keys = list(range(num_classes))
+            cached = self._all_cache = (keys, {k: k for k in keys}, self._labels_of(keys))
+        return cached
+
+    def _labels_of(self, keys) -> dict:
+        engine = self.engine
+        return {} if engine.labels is None else {
+            k: engine.label(k) for k in keys if isinstance(k, int) and engine.label(k) is not None}
 
     def explanations(self, batch: List[Sample], result: BatchResult) -> Iterator[Explanation]:
         cfg = self.config
@@ -360,8 +373,11 @@ class ExplainRun:
                          image=sample.image, index=sample.index,
                          rel=item.rel if item is not None else None, gt=item.gt if item is not None else None)
         ex.name = self.names[item.rel] if item is not None else f"image_{sample.index:06d}"
-        ex.maps = dict(zip(keys, maps))
-        ex.renderer = Renderer(keys, maps, sample.image, image_hw, cfg.alpha, pred.shown, engine.labels)
+        shared = getattr(self, "_all_cache", None)
+        shared = shared if shared is not None and keys is shared[0] else None  # ALL: one index, one labels dict
+        index = shared[1] if shared is not None else {k: i for i, k in enumerate(keys)}
+        ex.maps = LowResMaps(keys, maps, index)
+        ex.renderer = Renderer(keys, maps, sample.image, image_hw, cfg.alpha, pred.shown, engine.labels, index=index)
         ex.postprocessed = cfg.postprocess
         if pred.shown is not None:
             ex.extras["detections"] = pred.shown
@@ -371,8 +387,7 @@ class ExplainRun:
                 ex.overlay = RenderedMaps(ex.renderer, "overlay")
         else:
             ex.saliency_map = ex.maps
-        ex.labels = {} if engine.labels is None else {  # (1000 lookups per image with ALL)
-            k: engine.label(k) for k in keys if isinstance(k, int) and engine.label(k) is not None}
+        ex.labels = dict(shared[2]) if shared is not None else self._labels_of(keys)
         self.count += 1
         return ex
 

@@ -24,8 +24,9 @@ class Renderer:
     threads: the C++ postprocessor's threads per call (1 inside a worker pool)."""
 
     def __init__(self, keys: Sequence, maps: np.ndarray, image: Optional[np.ndarray], size: Tuple[int, int],
-                 alpha: float = 0.5, shown=None, labels: Optional[Sequence[str]] = None, threads: int = 0):
-        self.keys = list(keys)
+                 alpha: float = 0.5, shown=None, labels: Optional[Sequence[str]] = None, threads: int = 0,
+                 index: Optional[dict] = None):
+        self.keys = keys if isinstance(keys, list) else list(keys)
         self.maps = maps
         self.image = image
         self.size = tuple(size) if image is None else tuple(image.shape[:2])
@@ -33,7 +34,8 @@ class Renderer:
         self.shown = shown
         self.labels = labels
         self.threads = threads
-        self._index = {k: i for i, k in enumerate(self.keys)}
+        # {key: row}; `index` shares one among images with the same keys (an ALL run: 1000 keys an image)
+        self._index = index if index is not None else {k: i for i, k in enumerate(self.keys)}
 
     def render(self, keys: Sequence) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """(heat [c, H, W, 3], overlay [c, H, W, 3] or None) of the given keys."""
@@ -73,6 +75,37 @@ class Renderer:
                 yield k, "saliency_map", heat[i] if postprocessed else self.low_res(k)
                 if over is not None:
                     yield k, "overlay", over[i]
+
+
+class LowResMaps(Mapping):
+    """{key: low-resolution uint8 map [h, w]} as views of one image's [K, h, w] array, in key
+    order: what `Explanation.maps` holds (no dict of K entries built per image)."""
+
+    __slots__ = ("_keys", "_index", "array")
+
+    def __init__(self, keys: List, array: np.ndarray, index: Optional[dict] = None):
+        self._keys = keys
+        self._index = index if index is not None else {k: i for i, k in enumerate(keys)}
+        self.array = array
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.array[self._index[key]]
+
+    def __contains__(self, key) -> bool:
+        try:
+            return key in self._index
+        except TypeError:
+            return False
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        shape = "x".join(str(v) for v in self.array.shape[1:])
+        return f"<{len(self)} low-resolution maps of {shape}: keys {self._keys[:8]}>"
 
 
 class RenderedMaps(Mapping):
