@@ -144,3 +144,18 @@ def test_an_unverified_model_never_takes_the_fast_path(vit):
     assert not adapter.rest().fast_ok and "not verified" in adapter.rest().fast_reason
     adapter.forward(torch.randn(1, 3, 48, 64))
     assert adapter.rest().fast_ok
+
+
+def test_block_lists_are_remembered_until_the_module_tree_changes():
+    from xaifast.adapters.vit import find_block_lists
+
+    model = small_vit(num_classes=4).eval()
+    first = find_block_lists(model)
+    assert first and find_block_lists(model) == first
+    name, blocks = first[0]
+    found = dict(find_block_lists(model))
+    found[name].append(nn.Identity())  # a caller's change to the list it got does not leak into the memo
+    assert find_block_lists(model) == first
+    parent = model.get_submodule(name)
+    parent[0] = nn.Linear(2, 2)  # no longer a list of transformer blocks: found again, not remembered
+    assert name not in dict(find_block_lists(model))

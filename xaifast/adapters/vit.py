@@ -262,8 +262,30 @@ def recognize_block(block: nn.Module) -> Optional[BlockParts]:
     return None
 
 
+_BLOCK_LISTS: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, list]]" = weakref.WeakKeyDictionary()
+
+
 def find_block_lists(model: nn.Module) -> List[Tuple[str, List[nn.Module]]]:
-    """(name, blocks) of every ModuleList / Sequential whose children are all recognized blocks."""
+    """(name, blocks) of every ModuleList / Sequential whose children are all recognized blocks.
+    Remembered per model while its module tree is the same (the same module objects in the same
+    order): engines and adapters ask several times per call, and recognizing every block of a
+    ViT-B costs milliseconds."""
+    tree = tuple(id(m) for m in model.modules())
+    try:
+        memo = _BLOCK_LISTS.get(model)
+    except TypeError:  # not weak-referenceable
+        memo = None
+    if memo is not None and memo[0] == tree:
+        return [(name, list(blocks)) for name, blocks in memo[1]]
+    found = _find_block_lists(model)
+    try:
+        _BLOCK_LISTS[model] = (tree, [(name, list(blocks)) for name, blocks in found])
+    except TypeError:
+        pass
+    return found
+
+
+def _find_block_lists(model: nn.Module) -> List[Tuple[str, List[nn.Module]]]:
     found = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > 0:
@@ -603,7 +625,8 @@ class ViTAdapter(ModelAdapter):
         self.target_block = target_block
         self.preprocess = preprocess or Preprocess()
         self.labels = list(labels) if labels is not None else None
-        model.eval()
+        if any(m.training for m in model.modules()):  # (eval() walks every module: ms per call)
+            model.eval()
         states = _STATES.setdefault(model, {})
         key = (target_layer, target_block)
         fp = _fingerprint(model)
