@@ -70,6 +70,7 @@ def test_all_group_maps_share_one_index_but_stay_per_image(model):
         assert list(e.maps) == list(range(5)) and len(e.maps) == 5
         assert 4 in e.maps and 5 not in e.maps and "image" not in e.maps and [1] not in e.maps
         assert dict(e.maps).keys() == set(range(5)) and list(e.saliency_map) == list(range(5))
+        assert isinstance(e.saliency_map, dict) and e.saliency_map is e.saliency_map  # a dict, built once
         assert all(np.array_equal(e.maps[k], u8[i][k]) and np.array_equal(e.saliency_map[k], u8[i][k]) for k in u8[i])
         lo = raw[i].numpy().astype(np.float64)  # uint8 = round(255 * (m - min) / (max - min)), per map
         for k in range(5):

@@ -232,7 +232,7 @@ def test_disk_full_stops_the_run_keeps_what_is_written_and_resume_finishes(tmp_p
         real(path, data, make_parents)
 
     monkeypatch.setattr(files_stage, "write_atomic", failing)
-    with pytest.raises(OSError, match=r"could not write .*explain/.*\.jpg: No space left.*resume"):
+    with pytest.raises(OSError, match=r"could not write .*explain/.*\.(png|jpg): No space left.*resume"):
         _job(model, data, tmp_path / "cut", num_workers=2)
     monkeypatch.setattr(files_stage, "write_atomic", real)
     run = (tmp_path / "cut" / ".latest").resolve()

@@ -56,3 +56,21 @@ class Explanation:
         """(key, "saliency_map" | "overlay", pixels) of everything a dump writes, rendered a few
         maps at a time (see `xaifast.stages.render`)."""
         return self.renderer.files(self.postprocessed)
+
+
+def _get_saliency_map(self) -> Mapping[MapKey, np.ndarray]:
+    value = self.__dict__["_saliency_map"]
+    if getattr(value, "materialize_as_dict", False):  # low-resolution maps: a plain dict when first read
+        value = self.__dict__["_saliency_map"] = dict(value)
+    return value
+
+
+def _set_saliency_map(self, value) -> None:
+    self.__dict__["_saliency_map"] = value
+
+
+# `saliency_map` of maps that are not postprocessed is a dict, as OTX users expect; it is built
+# from `maps` (a mapping over the image's [K, h, w] rows) only when read: a run that only writes
+# files or a store never builds K-entry dicts (1000 per image for ALL).
+Explanation.saliency_map = property(_get_saliency_map, _set_saliency_map,
+                                    doc="{class index or \"image\": uint8 map} (see the class doc)")

@@ -82,6 +82,8 @@ class LowResMaps(Mapping):
     order: what `Explanation.maps` holds (no dict of K entries built per image)."""
 
     __slots__ = ("_keys", "_index", "array")
+    #: `Explanation.saliency_map` holding these becomes a dict when first read (OTX users get a dict)
+    materialize_as_dict = True
 
     def __init__(self, keys: List, array: np.ndarray, index: Optional[dict] = None):
         self._keys = keys
