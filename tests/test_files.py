@@ -92,3 +92,15 @@ def test_default_writers():
     assert [default_writers(n) for n in (1, 2, 8, 15, 16, 64)] == [1, 1, 1, 1, 2, 8]
     with pytest.raises(ValueError):
         FileWriter(threads=0)
+
+
+def test_inline_writer_has_the_same_interface(tmp_path):
+    from xaifast.stages.files import InlineWriter
+
+    writer, seen = InlineWriter(), []
+    paths = [tmp_path / "a" / "b" / f"{i}.bin" for i in range(3)]
+    writer.write([(p, bytes([i]) * 10) for i, p in enumerate(paths)],
+                 lambda: seen.append([p.read_bytes() for p in paths]))
+    writer.close()
+    assert seen == [[bytes([i]) * 10 for i in range(3)]]
+    assert not [p for p in tmp_path.rglob(".*")]

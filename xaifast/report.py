@@ -363,9 +363,10 @@ def _remake_thumbs(run, everything: bool) -> int:
     """Make the thumbnails the run lacks (or all of them) from the source images and the stored
     maps (zarr, low-resolution PNGs) or, for postprocessed PNG runs, the overlay files. Updates
     the records in memory (the report shows them); returns the number of files written."""
+    from .stages.files import InlineWriter
     from .stages.thumbs import thumb_keys, thumbs_exist, write_thumbs
 
-    made = 0
+    made, writer = 0, InlineWriter()  # (each thumbnail folder made once)
     for pos, record in enumerate(run.records):
         have = record.get("thumbs")
         if not everything and have and thumbs_exist(run.path, record["index"], have):
@@ -373,7 +374,7 @@ def _remake_thumbs(run, everything: bool) -> int:
         thumbs = _thumbs_of(run, pos, record, thumb_keys)
         if thumbs is None:
             continue
-        record["thumbs"] = write_thumbs(run.path, record["index"], thumbs)
+        record["thumbs"] = write_thumbs(run.path, record["index"], thumbs, writer)
         made += len(thumbs)
     return made
 

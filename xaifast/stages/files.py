@@ -12,6 +12,9 @@ the folder) and one writer thread (more on big machines: `default_writers`) crea
     writer.write([(path, data), ...], then=callback)   # blocks while `depth` groups wait
     writer.close()                                      # writes what waits, raises the first error
 
+`InlineWriter` has the same interface and writes on the calling thread (what a sink uses when no
+writer is given: `xaifast report` remaking thumbnails, a sink used on its own).
+
 A group's files are written in order, each under a temporary name then renamed (`write_atomic`);
 `then()` runs on the writer thread once every file of the group is on disk (the sinks journal the
 image there, so a journaled image always has its files). After an error the writer writes nothing
@@ -27,7 +30,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from .encode import write_atomic
 
-__all__ = ["FileWriter", "default_writers"]
+__all__ = ["FileWriter", "InlineWriter", "default_writers"]
 
 _STOP = object()
 
@@ -38,14 +41,39 @@ def default_writers(workers: int) -> int:
     return max(1, int(workers) // 8)
 
 
-class FileWriter:
+class InlineWriter:
+    """Writes a group of files on the calling thread, then calls `then()`; each folder is made once."""
+
+    def __init__(self):
+        self._dirs: set = set()
+        self._dirs_lock = threading.Lock()
+
+    def write(self, files: Sequence[Tuple[os.PathLike, bytes]], then: Optional[Callable[[], None]] = None) -> None:
+        for path, data in files:
+            self._parent(path)
+            write_atomic(path, data, make_parents=False)
+        if then is not None:
+            then()
+
+    def close(self) -> None:
+        pass
+
+    def _parent(self, path) -> None:
+        parent = os.path.dirname(os.fspath(path))
+        if parent in self._dirs:
+            return
+        os.makedirs(parent, exist_ok=True)
+        with self._dirs_lock:
+            self._dirs.add(parent)
+
+
+class FileWriter(InlineWriter):
     def __init__(self, threads: int = 1, depth: int = 32):
         if threads < 1:
             raise ValueError(f"FileWriter needs at least one thread, got {threads}")
+        super().__init__()
         self._queue: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
         self._error: Optional[BaseException] = None
-        self._dirs: set = set()
-        self._dirs_lock = threading.Lock()
         self._threads = [threading.Thread(target=self._loop, name=f"xaifast-files_{i}", daemon=True)
                          for i in range(threads)]
         self._started = False  # the threads start with the first write
@@ -66,8 +94,7 @@ class FileWriter:
 
     def close(self) -> None:
         """Write everything queued, stop the threads, raise the first error if there was one."""
-        if not self._closed:
-            self._closed = True
+        self._closed = True
         if self._started:
             self._started = False
             for _ in self._threads:
@@ -103,17 +130,3 @@ class FileWriter:
                                   "kept: continue with --resume True)")
                 if self._error is None:
                     self._error = exc
-
-    def _parent(self, path) -> None:
-        parent = os.path.dirname(os.fspath(path))
-        if parent in self._dirs:
-            return
-        os.makedirs(parent, exist_ok=True)
-        with self._dirs_lock:
-            self._dirs.add(parent)
-
-
-def write_files(files: List[Tuple[os.PathLike, bytes]]) -> None:
-    """The same as a FileWriter's group, on the calling thread (no writer given)."""
-    for path, data in files:
-        write_atomic(path, data)

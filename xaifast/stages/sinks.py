@@ -22,8 +22,9 @@ from typing import Callable, Dict, List, Sequence
 
 from ..errors import XaifastError
 from .encode import encode
-from .files import write_files
+from .files import InlineWriter
 
+MAPS_DIR = "explain/saliency_maps"  # under the run folder
 DUMP_FORMATS = ("png", "jpg")
 EXTENSIONS = {"png": ".png", "jpg": ".jpg"}
 
@@ -67,8 +68,8 @@ class FolderSink:
 
     def __init__(self, run_dir, fmt: str = "png", quality: int = 90, writer=None):
         self.run_dir = Path(run_dir)
-        self.writer = writer  # a stages.files.FileWriter, or None: write on the calling thread
-        self.maps_dir = self.run_dir / "explain" / "saliency_maps"
+        self.writer = writer or InlineWriter()  # the job's stages.files.FileWriter, or this thread
+        self.maps_dir = self.run_dir / MAPS_DIR
         self.maps_dir.mkdir(parents=True, exist_ok=True)
         self.fmt = check_dump_format(fmt)
         self.ext = EXTENSIONS[self.fmt]
@@ -77,14 +78,10 @@ class FolderSink:
     def write(self, ex, done: Callable[[dict], None]) -> None:
         files, written = [], []
         for key, kind, pixels in ex.files():
-            rel = f"explain/saliency_maps/{ex.name}_{file_tag(key)}_{kind}{self.ext}"
+            rel = f"{MAPS_DIR}/{ex.name}_{file_tag(key)}_{kind}{self.ext}"
             files.append((self.run_dir / rel, encode(pixels, self.fmt, self.quality)))
             written.append(rel)
-        if self.writer is None:
-            write_files(files)
-            done({"files": written})
-        else:
-            self.writer.write(files, lambda: done({"files": written}))
+        self.writer.write(files, lambda: done({"files": written}))
 
     def close(self) -> None:
         pass

@@ -29,6 +29,8 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from .files import InlineWriter
+
 THUMB_SIZE = 128      # longer side, pixels
 MAX_OVERLAYS = 3      # overlays per image
 QUALITY = 80          # JPEG quality
@@ -137,12 +139,10 @@ def encode_thumbs(run_dir, index: int, thumbs: Sequence[Tuple[object, np.ndarray
         [key for key, _ in thumbs]
 
 
-def write_thumbs(run_dir, index: int, thumbs: Sequence[Tuple[object, np.ndarray]]) -> List:
+def write_thumbs(run_dir, index: int, thumbs: Sequence[Tuple[object, np.ndarray]], writer=None) -> List:
     """Write the thumbnails (JPEG, atomically) on this thread; returns their keys as the journal records them."""
-    from .files import write_files
-
     files, keys = encode_thumbs(run_dir, index, thumbs)
-    write_files(files)
+    (writer or InlineWriter()).write(files)
     return keys
 
 
@@ -151,7 +151,7 @@ class ThumbSink:
 
     def __init__(self, run_dir, writer=None):
         self.run_dir = Path(run_dir)
-        self.writer = writer  # a stages.files.FileWriter, or None: write on the calling thread
+        self.writer = writer or InlineWriter()  # the job's stages.files.FileWriter, or this thread
 
     def write(self, ex, done: Callable[[dict], None]) -> None:
         r = ex.renderer
@@ -161,9 +161,6 @@ class ThumbSink:
         keys = thumb_keys(r.keys, ex.predicted)
         maps = r.maps[[r._index[k] for k in keys]] if keys else None
         thumbs = make_thumbs(keys, maps, r.image, r.size, r.alpha, r.shown)
-        if self.writer is None:
-            done({"thumbs": write_thumbs(self.run_dir, ex.index, thumbs)})
-            return
         files, made = encode_thumbs(self.run_dir, ex.index, thumbs)
         self.writer.write(files, lambda: done({"thumbs": made}))
 
