@@ -271,18 +271,10 @@ def find_block_lists(model: nn.Module) -> List[Tuple[str, List[nn.Module]]]:
     order): engines and adapters ask several times per call, and recognizing every block of a
     ViT-B costs milliseconds."""
     tree = tuple(id(m) for m in model.modules())
-    try:
-        memo = _BLOCK_LISTS.get(model)
-    except TypeError:  # not weak-referenceable
-        memo = None
-    if memo is not None and memo[0] == tree:
-        return [(name, list(blocks)) for name, blocks in memo[1]]
-    found = _find_block_lists(model)
-    try:
-        _BLOCK_LISTS[model] = (tree, [(name, list(blocks)) for name, blocks in found])
-    except TypeError:
-        pass
-    return found
+    memo = _BLOCK_LISTS.get(model)
+    if memo is None or memo[0] != tree:
+        memo = _BLOCK_LISTS[model] = (tree, _find_block_lists(model))
+    return [(name, list(blocks)) for name, blocks in memo[1]]  # copies: a caller may change its lists
 
 
 def _find_block_lists(model: nn.Module) -> List[Tuple[str, List[nn.Module]]]:
