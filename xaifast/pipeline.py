@@ -17,7 +17,6 @@ skipped inputs as (source, reason).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field, fields
@@ -30,7 +29,7 @@ from .algorithms import resolve_algorithm
 from .config import ExplainConfig, TargetExplainGroup, resolve_score
 from .data import Preprocess, Sample, iter_tensor_samples
 from .engines import Engine, make_engine
-from .engines.base import BatchResult, Request
+from .engines.base import BatchResult, Request, single_torch_thread
 from .errors import ClassIndexError, DataError, XaifastError
 from .explanation import Explanation
 from .stages.render import LowResMaps, Renderer, RenderedMaps
@@ -107,21 +106,6 @@ def default_workers() -> int:
     """The machine's cores (those this process may use), shared among torchrun's local processes."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
-
-
-@contextlib.contextmanager
-def single_torch_thread(enabled: bool = True):
-    """Run the host's small torch ops on this thread alone while OpenVINO computes: waking
-    torch's intra-op pool on cores OpenVINO keeps busy costs milliseconds per op."""
-    threads = torch.get_num_threads()
-    if not enabled or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def resolve_classes(refs: Sequence, num_classes: int, labels: Optional[Sequence[str]]) -> List[int]:

@@ -16,6 +16,7 @@ picks one.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -91,6 +92,21 @@ class BatchResult:
         return u8.cpu().numpy() if isinstance(u8, torch.Tensor) else np.asarray(u8)
 
 
+@contextlib.contextmanager
+def single_torch_thread(enabled: bool = True):
+    """Run the host's small torch ops on this thread alone while OpenVINO computes: waking
+    torch's intra-op pool on cores OpenVINO keeps busy costs milliseconds per op."""
+    threads = torch.get_num_threads()
+    if not enabled or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def scores_of(logits: torch.Tensor, score: str) -> torch.Tensor:
     logits = logits.float()
     if score == "softmax":
@@ -98,17 +114,6 @@ def scores_of(logits: torch.Tensor, score: str) -> torch.Tensor:
     if score == "sigmoid":
         return torch.sigmoid(logits)
     return logits
-
-
-def _host_scores(logits: torch.Tensor, multilabel: bool) -> np.ndarray:
-    """softmax (sigmoid) of a small [B, K] batch of logits, float32, in numpy: a torch op here can
-    wake torch's intra-op pool on cores the engine keeps busy (milliseconds per batch)."""
-    x = logits.detach().float().cpu().numpy()
-    with np.errstate(over="ignore", under="ignore"):  # exp(-x) = inf: sigmoid 0; tiny terms: 0
-        if multilabel:
-            return (1.0 / (1.0 + np.exp(-x))).astype(np.float32, copy=False)
-        e = np.exp(x - x.max(axis=1, keepdims=True))
-        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32, copy=False)
 
 
 def predicted_classes(scores: np.ndarray, multilabel: bool) -> List[int]:
@@ -125,7 +130,7 @@ def classifier_predictions(logits: torch.Tensor, request: Request) -> List[Image
     if logits.ndim != 2:
         raise XaifastError(f"the model returned logits of shape {list(logits.shape)}; a classifier "
                            "must return [B, num_classes]")
-    scores = _host_scores(logits, request.multilabel)
+    scores = scores_of(logits, "sigmoid" if request.multilabel else "softmax").cpu().numpy()
     return [ImagePrediction(row, predicted_classes(row, request.multilabel)) for row in scores]
 
 

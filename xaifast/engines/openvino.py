@@ -53,7 +53,7 @@ from torch import nn
 
 from ..algorithms.base import SaliencyResult
 from ..errors import XaifastError
-from .base import BatchResult, Engine, Request, classifier_predictions
+from .base import BatchResult, Engine, Request, classifier_predictions, single_torch_thread
 from .exported import PRECISIONS
 
 ENGINES = ("auto", "openvino", "pytorch")
@@ -682,7 +682,8 @@ class OpenVINOEngine(Engine):
             parts = outputs[0]
         own = (lambda a: a.copy()) if views else (lambda a: a)  # noqa: E731
         logits = torch.from_numpy(own(parts[0]))
-        predictions = classifier_predictions(logits, run)
+        with single_torch_thread():  # OpenVINO's threads are busy: waking torch's pool costs ~1.5 ms a batch
+            predictions = classifier_predictions(logits, run)
         if names[1] == "feature_map":
             from ..algorithms import explain_eigen_cam
 
