@@ -10,6 +10,14 @@ Inserts white-box Recipro-CAM with `openvino_xai.insert_xai` (target auto-detect
 at f32 one image per call (its graph takes batch 1) on the preprocessed `--input`, and saves the
 uint8 maps [N, K, h, w]. With `--otx-ir` it also writes the inserted model with OTX's `model_info`
 runtime info, as `otx export --explain True` does. Prints one JSON line.
+
+    python ovxai_tool.py --aise-region-model REGIONS_JSON --input x.npy --maps maps.npy --targets K ...
+                         [--aise-iterations N] [--aise-widths W ...]
+
+Runs OpenVINO XAI's black-box `AISEClassification` on each image of `--input` for the classes
+`--targets`, with the region-mean model of tests/test_metrics.py (logit_k = 8 * mean of region k,
+a last constant logit 2, softmax; float64 numpy) in place of the compiled OpenVINO model, and saves
+the raw maps [N, T, H, W] float64 (scale_output=False).
 """
 from __future__ import annotations
 
@@ -20,8 +28,8 @@ import sys
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
-    p.add_argument("--size", type=int, nargs=2, required=True)
+    p.add_argument("--model", default=None)
+    p.add_argument("--size", type=int, nargs=2, default=None)
     p.add_argument("--input", default=None, help=".npy float32 [N, 3, H, W], preprocessed")
     p.add_argument("--maps", default=None)
     p.add_argument("--target-layer", default=None)
@@ -30,7 +38,13 @@ def main() -> int:
     p.add_argument("--mean", type=float, nargs=3, default=None)
     p.add_argument("--scale", type=float, nargs=3, default=None)
     p.add_argument("--reverse-input-channels", default="False")
+    p.add_argument("--aise-region-model", default=None, help="JSON [[row0, row1, col0, col1], ...]")
+    p.add_argument("--targets", type=int, nargs="*", default=None)
+    p.add_argument("--aise-iterations", type=int, default=None)
+    p.add_argument("--aise-widths", type=float, nargs="*", default=None)
     args = p.parse_args()
+    if args.aise_region_model:
+        return aise_region(args)
 
     import numpy as np
     import openvino as ov
@@ -63,6 +77,35 @@ def main() -> int:
         ov.save_model(inserted, args.otx_ir, compress_to_fp16=False)
     print(json.dumps({"outputs": names, "saliency_shape": shape, "openvino": ov.get_version(),
                       "numpy": np.__version__}))
+    return 0
+
+
+def aise_region(args) -> int:
+    import numpy as np
+    import openvino as ov
+    from openvino_xai.methods.black_box.aise.classification import AISEClassification
+
+    regions = [tuple(r) for r in json.loads(args.aise_region_model)]
+
+    def forward(x):
+        x = np.asarray(x, dtype=np.float32).astype(np.float64)  # an f32 model input, as OpenVINO casts it
+        z = [8.0 * x[:, :, r0:r1, c0:c1].mean(axis=(1, 2, 3)) for r0, r1, c0, c1 in regions]
+        z.append(np.full(x.shape[0], 2.0))
+        z = np.stack(z, axis=1)
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return {"probs": e / e.sum(axis=-1, keepdims=True)}
+
+    method = AISEClassification(None, postprocess_fn=lambda out: out["probs"], prepare_model=False)
+    method._model_compiled = forward
+    x = np.load(args.input).astype(np.float32)
+    maps = []
+    for i in range(x.shape[0]):
+        got = method.generate_saliency_map(x[i:i + 1], target_indices=list(args.targets),
+                                           num_iterations_per_kernel=args.aise_iterations,
+                                           kernel_widths=args.aise_widths, scale_output=False)
+        maps.append(np.stack([got[k] for k in args.targets]))
+    np.save(args.maps, np.stack(maps))
+    print(json.dumps({"maps": list(np.shape(maps)), "openvino": ov.get_version(), "numpy": np.__version__}))
     return 0
 
 

@@ -160,3 +160,42 @@ def det_class_map_reference(levels, num_anchors, size=None, softmax: bool = True
                     for k in range(K):
                         out[b, k, i, j] = e[k] / s
     return out
+
+
+def aise_reference(score_one, image: np.ndarray, target: int, iterations: int, widths, eps: float = 0.1,
+                   locally_biased: bool = False) -> np.ndarray:
+    """OpenVINO XAI 1.1's AISEClassification, sequential and written out: for each kernel width one
+    scipy DIRECT run over Gaussian-mask centres, one inference per perturbed image (score_one:
+    float32 [1, C, H, W] -> scores [K]); KDE of the first `iterations` masks weighted by
+    preservation - deletion; float64 [H, W] (before uint8 scaling)."""
+    from scipy.optimize import Bounds, direct
+
+    h, w = image.shape[-2:]
+    cols, rows = np.meshgrid(np.linspace(0, 1, w), np.linspace(0, 1, h))
+
+    def gaussian(a, b, sigma):
+        g = 1 / (2 * math.pi * sigma * sigma) * np.exp(-((cols - a) ** 2 / (2 * sigma ** 2)
+                                                         + (rows - b) ** 2 / (2 * sigma ** 2)))
+        return g / g.max()
+
+    per_width = []
+    for sigma in widths:
+        params, values = [], []
+
+        def objective(p):
+            mask = np.clip(gaussian(p[0], p[1], sigma), 0, 1)
+            keep = np.float32(score_one((image * mask)[None].astype(np.float32))[target])
+            drop = np.float32(score_one((image * (1 - mask))[None].astype(np.float32))[target])
+            params.append((p[0], p[1]))
+            values.append(keep - drop)
+            return -float(keep - drop)
+
+        direct(objective, Bounds([0.0, 0.0], [1.0, 1.0]), eps=eps, maxfun=iterations, locally_biased=locally_biased)
+        k = np.zeros((h, w))
+        for i in range(iterations):
+            k += gaussian(params[i][0], params[i][1], sigma) * np.float64(values[i])
+        if k.max() > 0:
+            k = k / k.max()
+        per_width.append(k)
+    total = np.sum(per_width, axis=0)
+    return total / total.max()

@@ -166,3 +166,25 @@ def test_job_in_process_writes_to_the_current_stdout(tmp_path, photos, capsys):
     run_explain_job(model, str(folder), cfg, work_dir=str(tmp_path / "w"), preprocess=pre, progress=False,
                     dump=False, out=buffer)
     assert capsys.readouterr().out == "" and f"explained {len(sizes)} images" in buffer.getvalue()
+
+
+def test_aise_run_from_the_cli(tmp_path, photos, recipe):
+    """--explain_algorithm aise with its flags: the predicted class of each image, maps at the image's size."""
+    folder, sizes = photos
+    path, ckpt = recipe
+    work = tmp_path / "work"
+    code, out, err = cli("explain", "--config", path, "--checkpoint", ckpt, "--data_root", folder, "--work_dir", work,
+                         "--explain_algorithm", "aise", "--preset", "speed", "--num_iterations_per_kernel", 5,
+                         "--kernel_widths", "0.15,0.3", "--explain_config.target_explain_group", "PREDICTIONS",
+                         "--explain_config.postprocess", "True")
+    assert code == 0, err
+    assert "explained 3 images: 3 maps, 6 files, 1 failed" in out
+    index = json.loads((work / ".latest" / "explain" / "index.json").read_text())
+    for record in index["images"]:
+        h, w = sizes[Path(record["source"]).name]
+        assert record["targets"] == [record["predictions"][0]["class"]]
+        for rel in record["files"]:
+            assert cv2.imread(str(work / ".latest" / rel)).shape == (h, w, 3)
+    code, _, err = cli("explain", "--config", path, "--checkpoint", ckpt, "--data_root", folder, "--work_dir", work,
+                       "--explain_algorithm", "aise", "--preset", "fastest")
+    assert code != 0 and "preset" in err and "speed, balance, quality" in err

@@ -98,11 +98,15 @@ def test_cli_evaluate(tmp_path, rng, make_recipe, monkeypatch, capsys):
     recipe, ckpt = make_recipe(3)
     monkeypatch.chdir(tmp_path)
     rc = main(["evaluate", "--config", str(recipe), "--checkpoint", str(ckpt), "--data_root", str(data),
-               "--algorithms", "activationmap,rise", "--num_masks", "16", "--num_cells", "4", "--steps", "5",
-               "--work_dir", "ws"])
+               "--algorithms", "activationmap,rise,aise", "--num_masks", "16", "--num_cells", "4", "--steps", "5",
+               "--preset", "speed", "--num_iterations_per_kernel", "6", "--kernel_widths", "0.2,0.3", "--work_dir", "ws"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "activationmap" in printed and "rise" in printed and "targets from gt" in printed
+    assert "activationmap" in printed and "rise" in printed and "aise" in printed and "targets from gt" in printed
     rows = list(csv.DictReader(open(tmp_path / "ws" / ".latest" / "evaluate" / "evaluate.csv")))
-    assert [r["algorithm"] for r in rows] == ["activationmap", "rise"]
+    assert [r["algorithm"] for r in rows] == ["activationmap", "rise", "aise"]
+    saved = json.loads((tmp_path / "ws" / ".latest" / "evaluate" / "evaluate.json").read_text())
+    assert saved["settings"]["aise"]["kernel_widths"] == [0.2, 0.3]
+    assert main(["evaluate", "--config", str(recipe), "--data_root", str(data), "--algorithms", "aise",
+                 "--kernel_widths", "0.2,x"]) == 2
     assert main(["evaluate", "--config", str(recipe), "--data_root", str(data), "--algorithms", "nope"]) == 2

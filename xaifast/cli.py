@@ -21,7 +21,7 @@ from . import __version__
 DEFAULT_WORK_DIR = "xaifast-workspace"
 
 ALGORITHMS = ["auto", "classwisesaliencymap", "recipro_cam", "vit_recipro_cam", "det_class_probability_map", "instseg",
-              "activationmap", "eigencam", "rise"]
+              "activationmap", "eigencam", "rise", "aise"]
 GROUPS = ["ALL", "PREDICTIONS", "IMAGE", "CUSTOM"]
 
 
@@ -83,7 +83,7 @@ def _explain_parser() -> ArgumentParser:
     p.add_argument("--feature_level", type=int, default=-1,
                    help="detection / instance segmentation: the pyramid level activationmap / eigencam "
                         "explain (-1: the last, as OTX)")
-    _rise_arguments(p)
+    _black_box_arguments(p)
     p.add_argument("--device", type=str, default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
     p.add_argument("--engine", type=Optional[str], default=None,
@@ -96,15 +96,35 @@ def _explain_parser() -> ArgumentParser:
     return p
 
 
-def _rise_arguments(p: ArgumentParser) -> None:
+def _black_box_arguments(p: ArgumentParser) -> None:
     p.add_argument("--num_masks", type=int, default=5000, help="rise: random masks per image (as OpenVINO XAI)")
     p.add_argument("--num_cells", type=int, default=8, help="rise: cells a side of the random grid")
     p.add_argument("--prob", type=float, default=0.5, help="rise: probability that a cell is kept")
     p.add_argument("--seed", type=int, default=0, help="rise: seed of the masks (the same masks for every image)")
+    p.add_argument("--preset", type=str, default="balance",
+                   help="aise: speed (20 iterations per kernel, 3 kernel widths) | balance (50, 3) | quality (50, 5), "
+                        "as OpenVINO XAI")
+    p.add_argument("--num_iterations_per_kernel", type=int, default=None,
+                   help="aise: DIRECT evaluations per kernel width (default: the preset's)")
+    p.add_argument("--kernel_widths", type=str, default=None,
+                   help="aise: comma-separated Gaussian widths, fractions of the image side (default: the preset's)")
+    p.add_argument("--solver_epsilon", type=float, default=0.1, help="aise: DIRECT's epsilon")
+    p.add_argument("--locally_biased", type=bool, default=False, help="aise: DIRECT's locally biased variant (DIRECT-L)")
 
 
 def _rise_options(a) -> dict:
     return dict(num_masks=a.num_masks, num_cells=a.num_cells, prob=a.prob, seed=a.seed)
+
+
+def _aise_options(a) -> dict:
+    widths = None
+    if a.kernel_widths:
+        try:
+            widths = tuple(float(v) for v in str(a.kernel_widths).split(",") if v.strip())
+        except ValueError:
+            raise _Usage(f"--kernel_widths must be comma-separated numbers, got {a.kernel_widths!r}") from None
+    return dict(preset=a.preset, num_iterations_per_kernel=a.num_iterations_per_kernel, kernel_widths=widths,
+                solver_epsilon=a.solver_epsilon, locally_biased=a.locally_biased)
 
 
 def _export_parser() -> ArgumentParser:
@@ -165,14 +185,14 @@ def _evaluate_parser() -> ArgumentParser:
     p.add_argument("--data_root", type=str, required=True, help="a folder of images (class folders give the "
                    "ground truth), a COCO dataset folder or json, a text file of image paths, or one image")
     p.add_argument("--algorithms", type=str, default=",".join(("recipro_cam", "activationmap", "eigencam", "rise")),
-                   help="comma-separated: recipro_cam, vit_recipro_cam, activationmap, eigencam, rise")
+                   help="comma-separated: recipro_cam, vit_recipro_cam, activationmap, eigencam, rise, aise")
     p.add_argument("--work_dir", type=str, default=DEFAULT_WORK_DIR, help="the run folder is made here")
     p.add_argument("--steps", type=int, default=30, help="insertion / deletion steps")
     p.add_argument("--metrics", type=str, default="pointing_game,insertion_deletion,adcc", help="comma-separated")
     p.add_argument("--max_images", type=Optional[int], default=None, help="evaluate the first N images only")
     p.add_argument("--batch_size", type=int, default=16, help="images per forward pass of the CAM methods")
     p.add_argument("--score_batch_size", type=int, default=64, help="perturbed images per model call (metrics, rise)")
-    _rise_arguments(p)
+    _black_box_arguments(p)
     return p
 
 
@@ -234,7 +254,7 @@ def _explain(a) -> int:
         progress=a.progress, precision=a.precision, engine=a.engine, report=a.report,
         preprocess=recipe.preprocess if recipe else None, labels=recipe.labels if recipe else None,
         target_layer=recipe.target_layer if recipe else None,
-        explain_options={**(_detection_options(recipe, model, a) or {}), **_rise_options(a)})
+        explain_options={**(_detection_options(recipe, model, a) or {}), **_rise_options(a), **_aise_options(a)})
     # success when the run holds explained images: this call's, or an earlier one's that --resume found done
     return 0 if summary.images + summary.resumed > 0 else 1
 
@@ -362,6 +382,7 @@ def _evaluate(a) -> int:
     settings["data_root"] = str(Path(a.data_root).resolve())
     result = evaluate(model, a.data_root, a.algorithms, steps=a.steps, batch_size=a.batch_size,
                       score_batch_size=a.score_batch_size, rise_options=_rise_options(a),
+                      aise_options=_aise_options(a),
                       metrics=[m.strip() for m in a.metrics.split(",") if m.strip()], work_dir=a.work_dir,
                       max_images=a.max_images, labels=recipe.labels if recipe else None,
                       preprocess=recipe.preprocess if recipe else None,

@@ -93,10 +93,11 @@ class ExplainConfig:
 
 def resolve_score(score: str, algorithm: str) -> str:
     """The score an algorithm uses for "auto": softmax for DetClassProbabilityMap (its softmax over
-    classes), raw logits ("none") for Recipro-CAM and ViT Recipro-CAM (OTX 2.x, OpenVINO XAI 1.1)."""
+    classes) and the black-box RISE and AISE (probabilities, as OpenVINO XAI), raw logits ("none") for
+    Recipro-CAM and ViT Recipro-CAM (OTX 2.x, OpenVINO XAI 1.1)."""
     if score != "auto":
         return score
-    return "softmax" if algorithm in ("det_class_probability_map", "rise") else "none"
+    return "softmax" if algorithm in ("det_class_probability_map", "rise", "aise") else "none"
 
 
 def normalize_mask_name(mask: str) -> str:

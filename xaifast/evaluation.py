@@ -116,7 +116,7 @@ def _cam_maps(model, x, algorithm: str, options: dict) -> torch.Tensor:
 def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, targets=None,
              gt_boxes: Optional[Sequence] = None, labels: Optional[Sequence[str]] = None, preprocess=None,
              target_layer: Optional[str] = None, steps: int = 30, batch_size: int = 16, score_batch_size: int = 64,
-             rise_options: Optional[dict] = None, metrics: Sequence[str] = ("pointing_game", "insertion_deletion",
+             rise_options: Optional[dict] = None, aise_options: Optional[dict] = None, metrics: Sequence[str] = ("pointing_game", "insertion_deletion",
                                                                            "adcc"),
              work_dir: Union[str, Path, None] = None, max_images: Optional[int] = None, engine: Optional[str] = None,
              out: Optional[TextIO] = None, settings: Optional[dict] = None) -> EvaluateResult:
@@ -127,11 +127,13 @@ def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, tar
     targets: per image a class or list of classes (overrides the data's ground truth).
     gt_boxes: per image {class or label name: [(x, y, w, h), ...]} in the image's pixels.
     rise_options: num_masks (5000), num_cells (8), prob (0.5), seed (0).
+    aise_options: preset (balance), num_iterations_per_kernel, kernel_widths, solver_epsilon, locally_biased.
     work_dir: when given, the table goes to <work_dir>/<run>/evaluate/evaluate.{json,csv}.
     out: where the table is printed (default sys.stdout; None with work_dir=None prints nothing
         unless out is given)."""
     from . import metrics as M
     from .algorithms import is_black_box, resolve_algorithm
+    from .algorithms import aise as _aise
     from .algorithms.rise import DEFAULTS, rise
     from .config import TargetExplainGroup
     from .data import Preprocess
@@ -169,13 +171,25 @@ def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, tar
     boxes = gt_boxes if gt_boxes is not None else (gts if any(g and "boxes" in g for g in gts) else None)
     baseline = M.black_pixel(preprocess)
     rise_options = {**DEFAULTS, **(rise_options or {})}
+    aise_options = {**_aise.DEFAULTS, **(aise_options or {})}
     cam_options = dict(batch_size=batch_size, target_layer=target_layer, preprocess=preprocess, labels=labels,
                        engine=engine) if not isinstance(model, (str, Path)) else dict(batch_size=batch_size)
     cam_options = {k: v for k, v in cam_options.items() if v is not None}
     rows, per_map, curves = [], {}, {}
     for algorithm in algorithms:
         start = time.perf_counter()
-        if is_black_box(algorithm):
+        if is_black_box(algorithm) and resolve_algorithm(algorithm, "cnn_classifier", TargetExplainGroup.ALL) == "aise":
+            # one call: the optimizations of every image and class share the model calls
+            explanations = []
+            for count in sorted({len(p) for p in per_image}):
+                rows_of = [i for i in range(n) if len(per_image[i]) == count]
+                maps = _aise.aise(scorer, x[rows_of], targets=[per_image[i] for i in rows_of],
+                                  batch_size=score_batch_size, scores=scores[rows_of], **aise_options).raw
+                explanations.extend((i, {k: maps[j, t].numpy() for t, k in enumerate(per_image[i])})
+                                    for j, i in enumerate(rows_of))
+            explanations = [e for _, e in sorted(explanations, key=lambda item: item[0])]
+            explainer = M.make_explainer(scorer, "aise", batch_size=score_batch_size, **aise_options)
+        elif is_black_box(algorithm):
             explanations = []
             for i in range(n):
                 maps = rise(scorer, x[i:i + 1], targets=[per_image[i]], batch_size=score_batch_size,
@@ -209,7 +223,7 @@ def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, tar
     result = EvaluateResult(rows, n, source, failures, per_map=per_map, curves=curves)
     if work_dir is not None:
         result.run_dir = _write(Path(work_dir), result, dict(settings or {}, algorithms=algorithms, steps=steps,
-                                                            rise=rise_options, targets=source, images=n))
+                                                            rise=rise_options, aise=aise_options, targets=source, images=n))
     if out is not None or work_dir is not None:
         stream = out if out is not None else sys.stdout
         print(result.table(), file=stream)

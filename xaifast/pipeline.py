@@ -74,7 +74,9 @@ class AlgorithmOptions:
     masked token sets), use_fast_path (exact distinct-token re-inference). Detectors: feature_level
     (the pyramid level of activationmap / eigencam, -1: the last), score_threshold (confidence of
     the predictions; default: the spec's), map_size ((h, w) of DetClassProbabilityMap's maps).
-    RISE: num_masks (5000), num_cells (8), prob (0.5), seed (0)."""
+    RISE: num_masks (5000), num_cells (8), prob (0.5), seed (0). AISE: preset (balance), its
+    num_iterations_per_kernel (50) and kernel_widths (0.1, 0.175, 0.25) unless given, solver_epsilon
+    (0.1), locally_biased (False)."""
 
     cls_token: bool = True
     use_fast_path: bool = True
@@ -85,6 +87,11 @@ class AlgorithmOptions:
     num_cells: int = 8
     prob: float = 0.5
     seed: int = 0
+    preset: str = "balance"
+    num_iterations_per_kernel: Optional[int] = None
+    kernel_widths: Optional[Tuple[float, ...]] = None
+    solver_epsilon: float = 0.1
+    locally_biased: bool = False
 
 
 _GROUPS = (ModelOptions, RunOptions, AlgorithmOptions)
@@ -174,7 +181,10 @@ class ExplainRun:
                           detection=dict(feature_level=algorithm.feature_level,
                                          score_threshold=algorithm.score_threshold, map_size=algorithm.map_size),
                           rise=dict(num_masks=algorithm.num_masks, num_cells=algorithm.num_cells, prob=algorithm.prob,
-                                    seed=algorithm.seed, classes=self._rise_classes(config)))
+                                    seed=algorithm.seed, classes=self._rise_classes(config)),
+                          aise=dict(preset=algorithm.preset, num_iterations_per_kernel=algorithm.num_iterations_per_kernel,
+                                    kernel_widths=algorithm.kernel_widths, solver_epsilon=algorithm.solver_epsilon,
+                                    locally_biased=algorithm.locally_biased, classes=self._rise_classes(config)))
         self.request = engine.resolve(request)
         self.algorithm = self.request.algorithm
         engine.check(self.request)
@@ -282,7 +292,7 @@ class ExplainRun:
 
     @staticmethod
     def _rise_classes(config: ExplainConfig):
-        """The classes RISE accumulates (one H x W map each): every class for ALL (and IMAGE),
+        """The classes RISE and AISE explain (one H x W map each): every class for ALL (and IMAGE),
         "predicted" for PREDICTIONS, the custom class references (resolved by the engine)."""
         group = config.target_explain_group
         if group is TargetExplainGroup.PREDICTIONS:
@@ -409,7 +419,8 @@ def explain(model, data, config: Optional[ExplainConfig] = None, *, model_option
       RunOptions: batch_size (16), engine (auto | openvino | pytorch), precision (f32), memory_budget_mb,
         num_workers, max_image_pixels (100 megapixels)
       AlgorithmOptions: cls_token, use_fast_path (ViT), feature_level, score_threshold, map_size (detectors),
-        num_masks, num_cells, prob, seed (RISE: algorithm="rise", any classifier incl. a numpy callable)
+        num_masks, num_cells, prob, seed (RISE: algorithm="rise", any classifier incl. a numpy callable),
+        preset, num_iterations_per_kernel, kernel_widths, solver_epsilon, locally_biased (AISE: algorithm="aise")
     engine "auto" (default, or $XAIFAST_ENGINE): OpenVINO on CPU for CNN classifiers given as an
     nn.Module (recipro_cam / activationmap / eigencam), PyTorch otherwise.
     """

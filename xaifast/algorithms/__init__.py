@@ -12,8 +12,8 @@ from .recipro_cam import recipro_cam
 from .vit_recipro_cam import vit_recipro_cam
 
 CLASS_AGNOSTIC = ("activationmap", "eigencam")
-# Black-box methods: any classifier, seen only through its scores (xaifast.algorithms.rise).
-BLACK_BOX = ("rise",)
+# Black-box methods: any classifier, seen only through its scores (xaifast.algorithms.rise, .aise).
+BLACK_BOX = ("rise", "aise")
 CLASS_WISE = ("recipro_cam", "vit_recipro_cam", "det_class_probability_map", "instseg")
 # The class-wise method of each model kind (auto / classwisesaliencymap pick it).
 CLASS_WISE_BY_KIND = {"cnn_classifier": "recipro_cam", "transformer": "vit_recipro_cam",
@@ -29,6 +29,7 @@ _ALIASES = {
     "det_class_probability_map": "det_class_probability_map", "detclassprobabilitymap": "det_class_probability_map",
     "instseg": "instseg", "instance_segmentation": "instseg", "instsegexplainalgo": "instseg",
     "rise": "rise",
+    "aise": "aise", "aiseclassification": "aise",
 }
 
 
@@ -54,7 +55,7 @@ def resolve_algorithm(name: str, model_kind: str, group: TargetExplainGroup) -> 
     key = str(name).lower().replace(" ", "")
     if key not in _ALIASES:
         valid = ("auto, classwisesaliencymap, recipro_cam, vit_recipro_cam, det_class_probability_map, instseg, "
-                 "activationmap, eigencam, rise")
+                 "activationmap, eigencam, rise, aise")
         raise XaifastError(f"unknown explain algorithm {name!r}; use one of: {valid}")
     algo = _ALIASES[key]
     if algo in BLACK_BOX:

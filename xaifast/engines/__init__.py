@@ -59,11 +59,11 @@ def make_engine(model, config, *, engine: Optional[str] = None, precision: str =
     from ..algorithms import is_black_box
 
     if is_black_box(config.algorithm):
-        from .blackbox import BlackBoxAdapter, RiseEngine
+        from .blackbox import BlackBoxAdapter, BlackBoxEngine
 
         adapter = BlackBoxAdapter(model, preprocess=adapter_options.get("preprocess"),
                                   labels=adapter_options.get("labels"))
-        return RiseEngine(adapter)
+        return BlackBoxEngine(adapter)
     adapter = make_adapter(model, algorithm=config.algorithm, precision=precision, **adapter_options)
     if isinstance(adapter, OpenVINOAdapter):
         return ExportedEngine(adapter)

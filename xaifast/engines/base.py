@@ -35,7 +35,8 @@ class Request:
     (how the class maps score the masked inputs); normalize: uint8 maps (False: raw float32);
     memory_budget_mb: bound of the masked inputs the head sees at once; vit: ViT Recipro-CAM
     options (cls_token, use_fast_path); detection: feature_level, score_threshold, map_size;
-    rise: RISE's num_masks, num_cells, prob, seed."""
+    rise: RISE's num_masks, num_cells, prob, seed; aise: AISE's preset, num_iterations_per_kernel,
+    kernel_widths, solver_epsilon, locally_biased (both: classes, the classes to explain)."""
 
     algorithm: str
     mask: str = "1x1"
@@ -45,6 +46,7 @@ class Request:
     vit: dict = field(default_factory=dict)
     detection: dict = field(default_factory=dict)
     rise: dict = field(default_factory=dict)  # RISE: num_masks, num_cells, prob, seed
+    aise: dict = field(default_factory=dict)  # AISE: preset, num_iterations_per_kernel, kernel_widths, ...
 
     @property
     def multilabel(self) -> bool:

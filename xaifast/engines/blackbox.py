@@ -1,9 +1,9 @@
-"""The black-box engine: RISE on any classifier, seen only through its scores.
+"""The black-box engine: RISE and AISE on any classifier, seen only through its scores.
 
-`RiseEngine` serves `explain(model, data, algorithm="rise")` for an nn.Module, an .xml / .onnx
+`BlackBoxEngine` serves `explain(model, data, algorithm="rise" | "aise")` for an nn.Module, an .xml / .onnx
 file (exported by xaifast or not) or a Python callable on numpy batches. Predictions are the
 model's scores on the image (softmax, or sigmoid for multilabel requests); the maps use the
-request's score (softmax by default); a Python callable's outputs are taken as its scores for both; maps are RISE's at the input's size, of the classes the run asks for only (ALL: [B, K, H, W];
+request's score (softmax by default); a Python callable's outputs are taken as its scores for both; maps are RISE's (or AISE's) at the input's size, of the classes the run asks for only (ALL: [B, K, H, W];
 PREDICTIONS: the batch's predicted classes; custom: those classes; `BatchResult.map_classes`).
 """
 from __future__ import annotations
@@ -59,8 +59,17 @@ def _exported_meta(path: Path) -> dict:
         return {}
 
 
-class RiseEngine(Engine):
-    """RISE maps of every class; batch_size of the masked inputs from the request (default 64)."""
+def _method(algorithm: str):
+    """(the black-box function, its defaults, its options check) of a resolved algorithm name."""
+    if algorithm == "aise":
+        from ..algorithms import aise as module
+    else:
+        from ..algorithms import rise as module
+    return getattr(module, algorithm if algorithm == "aise" else "rise"), module.DEFAULTS, module.check_options
+
+
+class BlackBoxEngine(Engine):
+    """RISE / AISE maps of the asked classes; batch_size: masked inputs per model call (default 64)."""
 
     def __init__(self, adapter: BlackBoxAdapter, batch_size: int = 64):
         self.adapter = adapter
@@ -75,11 +84,20 @@ class RiseEngine(Engine):
             self._scorers[key] = as_scorer(self.adapter.model, score=score, batch_size=self.batch_size)
         return self._scorers[key]
 
-    def check(self, request: Request) -> None:
-        from ..algorithms.rise import DEFAULTS, check_options
+    @staticmethod
+    def options(request: Request) -> dict:
+        """The request's options of its black-box method, over the method's defaults."""
+        _, defaults, _ = _method(request.algorithm)
+        return {**defaults, **(request.aise if request.algorithm == "aise" else request.rise)}
 
-        options = {**DEFAULTS, **request.rise}
-        check_options(options["num_masks"], options["num_cells"], options["prob"])
+    def check(self, request: Request) -> None:
+        _, _, check_options = _method(request.algorithm)
+        options = self.options(request)
+        options.pop("classes", None)
+        if request.algorithm == "aise":
+            check_options(**options)
+        else:
+            check_options(options["num_masks"], options["num_cells"], options["prob"])
 
     def map_classes(self, classes, predictions, num_classes: int) -> Optional[List[int]]:
         """The classes to accumulate (the same for every image of the batch), None for all:
@@ -94,9 +112,8 @@ class RiseEngine(Engine):
         return sorted(set(resolve_classes(classes, num_classes, self.adapter.labels)))
 
     def explain_batch(self, x: torch.Tensor, request: Request) -> BatchResult:
-        from ..algorithms.rise import DEFAULTS, rise
-
-        options = {**DEFAULTS, **request.rise}
+        method, _, _ = _method(request.algorithm)
+        options = self.options(request)
         classes = options.pop("classes", None)
         if callable(self.adapter.model) and not isinstance(self.adapter.model, (torch.nn.Module, Engine)):
             map_scorer = pred_scorer = self.scorer(None)  # a callable's outputs are its scores
@@ -113,6 +130,9 @@ class RiseEngine(Engine):
             result = SaliencyResult(raw=raw, normalized=raw.to(torch.uint8) if request.normalize else None)
         else:
             scores = probs if map_scorer is pred_scorer else map_scorer(x)
-            result = rise(map_scorer, x, targets=wanted, scores=scores, normalize=request.normalize,
-                          batch_size=self.batch_size, **options)
+            result = method(map_scorer, x, targets=wanted, scores=scores, normalize=request.normalize,
+                            batch_size=self.batch_size, **options)
         return BatchResult(result, predictions, int(rows.shape[1]), map_classes=wanted)
+
+
+RiseEngine = BlackBoxEngine  # its earlier name

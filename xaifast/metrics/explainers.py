@@ -14,7 +14,8 @@ def make_explainer(model, algorithm: str, **options) -> Callable[[torch.Tensor, 
     CAM methods, the input's size for RISE). Class-agnostic methods (activationmap, eigencam) give
     their one map whatever the class.
 
-    options: RISE's num_masks, num_cells, prob, seed, batch_size, score; for the others, options of
+    options: RISE's num_masks, num_cells, prob, seed, batch_size, score (AISE: its preset,
+    num_iterations_per_kernel, kernel_widths, solver_epsilon, locally_biased, batch_size, score); for the others, options of
     `xaifast.saliency_maps` (target_layer=, batch_size=, engine=, ...)."""
     name = str(algorithm).lower()
     if name == "rise":
@@ -24,6 +25,13 @@ def make_explainer(model, algorithm: str, **options) -> Callable[[torch.Tensor, 
             return rise(model, x, targets=[[int(k)] for k in classes], **options).raw[:, 0].numpy()
 
         return explain_rise
+    if name in ("aise", "aiseclassification"):
+        from ..algorithms.aise import aise
+
+        def explain_aise(x: torch.Tensor, classes: List[int]) -> np.ndarray:
+            return aise(model, x, targets=[[int(k)] for k in classes], **options).raw[:, 0].numpy()
+
+        return explain_aise
 
     def explain_cam(x: torch.Tensor, classes: List[int]) -> np.ndarray:
         from ..pipeline import saliency_maps
