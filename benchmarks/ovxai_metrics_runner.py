@@ -11,6 +11,9 @@ One JSON task per stdin line, one JSON answer per stdout line (seconds = the lib
         -> `openvino_xai.methods.black_box.rise.RISE(...).generate_saliency_map(..., scale_output=False)`
            (postprocess: softmax of the model's first output, as OpenVINO XAI's examples); the raw
            map(s) [T, H, W] saved to "out"
+    {"op": "aise", "input": "x.npy" [1, 3, H, W] preprocessed, "targets": [k], "out": "map.npy"}
+        -> `AISEClassification(model, postprocess_fn=softmax).generate_saliency_map(x, [k], scale_output=False)`
+           (preset balance: 50 iterations per kernel, 3 kernel widths); the raw maps [T, H, W] saved
     {"op": "auc", "image": "photo.npy" [H, W, 3] float32 (the photo, 0..255), "map": "map.npy" [H, W],
      "target": k, "steps": 30}
         -> `openvino_xai.metrics.InsertionDeletionAUC(model, preprocess_fn, postprocess_fn)(map, k, image,
@@ -49,6 +52,7 @@ def main() -> int:
 
         ov.Core.compile_model = compile_model
 
+    from openvino_xai.methods.black_box.aise.classification import AISEClassification
     from openvino_xai.methods.black_box.rise import RISE
     from openvino_xai.metrics import InsertionDeletionAUC
 
@@ -66,6 +70,7 @@ def main() -> int:
     model = ov.Core().read_model(args.ir)
     rise = RISE(model, postprocess_fn=softmax)
     metric = InsertionDeletionAUC(model, preprocess_fn=preprocess, postprocess_fn=softmax)
+    aise = AISEClassification(model, postprocess_fn=softmax)
     info = {"ready": True, "openvino": ov.get_version(), "numpy": np.__version__,
             "precision": str(rise.model_compiled.get_property("INFERENCE_PRECISION_HINT")),
             "hint": str(rise.model_compiled.get_property("PERFORMANCE_HINT"))}
@@ -87,6 +92,13 @@ def main() -> int:
                 maps = np.stack([maps[k] for k in task["targets"]])
             maps = np.asarray(maps, dtype=np.float64)
             np.save(task["out"], maps[0] if maps.ndim == 4 else maps)  # all classes: [1, K, H, W] -> [K, H, W]
+            answer = {"seconds": seconds}
+        elif op == "aise":
+            x = np.load(task["input"]).astype(np.float32)
+            t0 = time.perf_counter()
+            maps = aise.generate_saliency_map(x, target_indices=task["targets"], scale_output=False)
+            seconds = time.perf_counter() - t0
+            np.save(task["out"], np.stack([np.asarray(maps[k], dtype=np.float64) for k in task["targets"]]))
             answer = {"seconds": seconds}
         elif op == "auc":
             image = np.load(task["image"]).astype(np.float32)

@@ -20,6 +20,11 @@ Rows, per image (class = the model's top-1 on the photo):
                    `InsertionDeletionAUC(model, preprocess_fn, postprocess_fn)(map, k, photo, 30)` on the
                    photo (perturbed towards black, then preprocessed) vs `xaifast.metrics.
                    insertion_deletion_auc(ir, x, map, targets=[k], baseline=black_pixel(preprocess))`
+    aise_top1      AISE (preset balance: 3 kernel widths x 50 DIRECT points x 2 images), the top-1 class:
+                   OpenVINO XAI `AISEClassification(...).generate_saliency_map(x, [k])` vs
+                   `xaifast.algorithms.aise.aise(ir, x, targets=[k], batch_size=64)`; then both photos in
+                   one xaifast call (row aise_both: the optimizations of the two images share the model
+                   calls) against the sum of OpenVINO XAI's two calls. XAIFAST_BENCH_OVXAI_AISE=0 skips.
     floor          plain batch-1 and batch-64 inference of the IR in this process (ms per image)
 Map agreement: Pearson correlation of the two RISE maps (OpenVINO XAI upsamples its cells bicubically,
 xaifast bilinearly, as the issue defines it; the grids and shifts are the same draws).
@@ -43,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 OVXAI_VENV = Path(os.environ.get("XAIFAST_OVXAI_VENV", HERE / ".venv-ovxai"))
 MASKS = [int(m) for m in os.environ.get("XAIFAST_BENCH_OVXAI_MASKS", "1000").split(",")]
 ALL_MASKS = int(os.environ.get("XAIFAST_BENCH_OVXAI_ALL_MASKS", "200"))
+AISE = os.environ.get("XAIFAST_BENCH_OVXAI_AISE", "1") != "0"
 PHOTOS = ["coffee.png", "chelsea.png"]
 STEPS, BATCH = 30, 64
 
@@ -120,6 +126,7 @@ def _corr(a, b) -> float:
 
 def test_rise_and_auc_vs_openvino_xai(benchmark, setup, bench_note):
     from xaifast import metrics
+    from xaifast.algorithms.aise import aise
     from xaifast.algorithms.rise import rise
     from xaifast.engines.scorer import as_scorer
     from xaifast.metrics import black_pixel
@@ -174,6 +181,22 @@ def test_rise_and_auc_vs_openvino_xai(benchmark, setup, bench_note):
             ov_all = np.load(out)
             rows.append(dict(row="rise_all", image=PHOTOS[0], cls="all", masks=ALL_MASKS, ovxai=o, xaifast=xf,
                              corr=_corr(ov_all[top1[0]], res[0, top1[0]].numpy())))
+        if AISE:
+            ov_maps, ov_seconds = [], 0.0
+            for i in range(len(PHOTOS)):
+                k = top1[i]
+                out = folder / f"ovxai_aise{i}.npy"
+                o, res, xf = pair(dict(op="aise", input=str(folder / f"x{i}.npy"), targets=[k], out=str(out)),
+                                  lambda: aise(scorer, x[i:i + 1], targets=[k], batch_size=BATCH).raw)
+                ov_maps.append(np.load(out)[0])
+                ov_seconds += o["seconds"]
+                rows.append(dict(row="aise_top1", image=PHOTOS[i], cls=k, ovxai=o, xaifast=xf,
+                                 corr=_corr(ov_maps[i], res[0, 0].numpy()),
+                                 max_abs=float(np.abs(ov_maps[i] - res[0, 0].numpy()).max())))
+            res, xf = timed_xaifast(lambda: aise(scorer, x, targets=[[k] for k in top1], batch_size=BATCH).raw)
+            rows.append(dict(row="aise_both", image="+".join(PHOTOS), cls=top1, ovxai={"seconds": ov_seconds,
+                             "loadavg_before": float("nan")}, xaifast=xf,
+                             corr=min(_corr(ov_maps[i], res[i, 0].numpy()) for i in range(len(PHOTOS)))))
         floor = {}
         for b in (1, BATCH):
             xb = x[:1].expand(b, -1, -1, -1).contiguous()
@@ -202,7 +225,8 @@ def test_rise_and_auc_vs_openvino_xai(benchmark, setup, bench_note):
                     f"xaifast {r['xaifast']['seconds']:.2f} s (load {r['xaifast']['loadavg_before']:.1f}), "
                     f"{r['ratio']:.2f}x" + (f", map corr {r['corr']:.4f}" if "corr" in r else "") +
                     (f", ins/del OVXAI {r['ovxai_ins_del'][0]:.4f}/{r['ovxai_ins_del'][1]:.4f} xaifast "
-                     f"{r['xaifast_ins_del'][0]:.4f}/{r['xaifast_ins_del'][1]:.4f}" if r["row"] == "auc" else ""))
+                     f"{r['xaifast_ins_del'][0]:.4f}/{r['xaifast_ins_del'][1]:.4f}" if r["row"] == "auc" else "") +
+                    (f", max |diff| {r['max_abs']:.2e}" if "max_abs" in r else ""))
         print(line)
         bench_note(line)
     for r in rows:
@@ -210,3 +234,5 @@ def test_rise_and_auc_vs_openvino_xai(benchmark, setup, bench_note):
             np.testing.assert_allclose(r["xaifast_ins_del"], r["ovxai_ins_del"], rtol=2e-3, atol=2e-4)
         if r["row"].startswith("rise"):
             assert r["corr"] > 0.9, r
+        if r["row"].startswith("aise"):
+            assert r["corr"] > 0.99, r

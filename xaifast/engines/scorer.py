@@ -160,9 +160,11 @@ def _file_scorer(path: Path, score: str, batch_size: int, infer_batch: int = FIL
         return torch.from_numpy(np.array(request.infer({0: x})[output]))
 
     def run_async(net, x: np.ndarray) -> torch.Tensor:
-        """x cut into pieces of infer_batch, on the streams; outputs in order."""
+        """x cut into pieces of at most infer_batch, at least one per stream, on the streams; outputs
+        in order (a small chunk, as AISE's rounds of a few points, still keeps every stream busy)."""
         pool, output = prepared(net)
-        pieces = [(i, min(i + infer_batch, x.shape[0])) for i in range(0, x.shape[0], infer_batch)]
+        piece = max(1, min(infer_batch, -(-x.shape[0] // len(pool))))
+        pieces = [(i, min(i + piece, x.shape[0])) for i in range(0, x.shape[0], piece)]
         if len(pieces) == 1 or len(pool) == 1:
             return torch.cat([run_sync(net, x[a:b]) for a, b in pieces])
         outs = [None] * len(pieces)
