@@ -1,6 +1,6 @@
 """The fused Triton RISE kernel (kernels/triton_rise.py), run on CPU tensors by Triton's interpreter,
-against OpenCV's per-mask loop (float64) and the PyTorch twin (MaskMaker); mutants of the kernel that
-the checks must catch; the kernel compiles for sm_90.
+against OpenCV's per-mask loop (float64) and the PyTorch twin (MaskMaker); rise() through the kernel
+against rise() through PyTorch; mutants of the kernel that the checks must catch.
 
 Fresh random grids, shifts, probabilities and images every run (the `rng` fixture; the run's seed is in
 the pytest header). Masks are float32 and agree to ~1e-7 (the twin's matmuls may round differently:
@@ -15,10 +15,13 @@ import torch  # noqa: E402
 require_interpreter("Triton RISE kernel tests")
 
 from xaifast import kernels as K  # noqa: E402
+from xaifast.algorithms.rise import rise  # noqa: E402
 from xaifast.kernels import triton_rise  # noqa: E402
 from xaifast.kernels.rise import (cell_size, draw_masks, linear_matrix, linear_tap_table,  # noqa: E402
                                   rise_masked_batch_torch, rise_masks_reference)
 from xaifast.kernels.triton_rise import rise_masked_batch_triton  # noqa: E402
+
+from test_metrics import RegionMean  # noqa: E402  (the tests folder is on sys.path)
 
 HALF_RTOL = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
@@ -107,6 +110,29 @@ def test_rise_kernel_rejects_bad_shifts_and_shapes():
         rise_masked_batch_triton(grids, shifts, x[None], 4)
     empty, masks = rise_masked_batch_triton(grids[:0], shifts[:0], x, 4)
     assert tuple(empty.shape) == (0, 3, 10, 12) and tuple(masks.shape) == (0, 120)
+
+
+def test_rise_through_the_kernel_equals_the_torch_path(monkeypatch):
+    """backend="triton" (CPU tensors, interpreter) gives the torch path's maps; the kernel runs once per
+    image and chunk, storing the masks with the chunk's first image only. "auto" on CPU is the torch path."""
+    x = torch.rand(2, 3, 16, 20)
+    opts = dict(num_masks=20, num_cells=4, prob=0.5, seed=int(torch.randint(0, 1000, ()).item()), batch_size=8)
+    want = rise(RegionMean(), x, backend="torch", **opts).raw
+    calls = []
+
+    def counting(grids, shifts, image, num_cells, out_masks=True, **kw):
+        calls.append(out_masks)
+        return rise_masked_batch_triton(grids, shifts, image, num_cells, out_masks, **kw)
+
+    monkeypatch.setattr(triton_rise, "rise_masked_batch_triton", counting)
+    got = rise(RegionMean(), x, backend="triton", **opts).raw
+    assert calls == [True, False] * 3  # 3 chunks (8, 8, 4 masks) x 2 images
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-7)
+    calls.clear()
+    auto = rise(RegionMean(), x, **opts).raw
+    assert calls == [] and torch.equal(auto, want)
+    with pytest.raises(ValueError, match="unknown backend"):
+        rise(RegionMean(), x, backend="cuda", **opts)
 
 
 # ------------------------------------------------------------------- the checks can fail
