@@ -25,6 +25,7 @@ _TRITON_NAMES = {
     "epilogue_triton": "triton_epilogue",
     "normalize_triton": "triton_epilogue",
     "det_class_map_triton": "triton_det_class_map",
+    "rise_masked_batch_triton": "triton_rise",
 }
 
 

@@ -12,6 +12,9 @@ Upsampling is linear in G, so a whole batch of masks is two small batched matmul
   mask_m = clip(Ry_m @ G_m @ Rx_m^T, 0, 1),  Ry_m = Wy[sy_m : sy_m + H],  Rx_m = Wx[sx_m : sx_m + W],
 with Wy [(n+1) cell_h, n], Wx the interpolation matrices. Torch ops only: the same code runs on
 CPU and CUDA. `rise_masks_reference` is the plain per-mask loop with OpenCV (the test oracle).
+`rise_masked_batch_torch` makes the masks and applies them to one image (the masked batch the model
+sees); `kernels/triton_rise.py` is its fused Triton twin (CUDA): each row of Wy / Wx has two
+nonzero taps (`linear_tap_table`), so it computes every mask pixel from four grid values.
 """
 from __future__ import annotations
 
@@ -40,9 +43,10 @@ def draw_masks(rng: np.random.Generator, count: int, input_hw: Tuple[int, int], 
     return grids, shifts
 
 
-def linear_matrix(out_size: int, in_size: int, dtype=torch.float32, device=None) -> torch.Tensor:
-    """[out_size, in_size] matrix of a 1-D bilinear resize with half-pixel centers and clamped edges
-    (OpenCV INTER_LINEAR): out = M @ in."""
+def linear_taps(out_size: int, in_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The two taps of a 1-D bilinear resize with half-pixel centers and clamped edges (OpenCV
+    INTER_LINEAR), float64: output i reads in[left[i]] * (1 - frac[i]) + in[min(left[i] + 1, in_size - 1)]
+    * frac[i]; left [out_size] int64, frac [out_size] float64 (0 where an edge is clamped)."""
     scale = in_size / out_size
     src = (torch.arange(out_size, dtype=torch.float64) + 0.5) * scale - 0.5
     left = torch.floor(src)
@@ -52,11 +56,27 @@ def linear_matrix(out_size: int, in_size: int, dtype=torch.float32, device=None)
     frac[low], left[low] = 0.0, 0
     high = left >= in_size - 1
     frac[high], left[high] = 0.0, in_size - 1
+    return left, frac
+
+
+def linear_matrix(out_size: int, in_size: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """[out_size, in_size] matrix of a 1-D bilinear resize with half-pixel centers and clamped edges
+    (OpenCV INTER_LINEAR): out = M @ in."""
+    left, frac = linear_taps(out_size, in_size)
     m = torch.zeros(out_size, in_size, dtype=torch.float64)
     rows = torch.arange(out_size)
     m[rows, left] += 1.0 - frac
     m[rows, torch.clamp(left + 1, max=in_size - 1)] += frac
     return m.to(dtype=dtype, device=device)
+
+
+def linear_tap_table(out_size: int, in_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`linear_taps` as tables for a kernel: indices [out_size, 2] int32 (left, min(left + 1, in_size - 1))
+    and weights [out_size, 2] float32 (1 - frac, frac), the nonzero entries of `linear_matrix`'s rows."""
+    left, frac = linear_taps(out_size, in_size)
+    idx = torch.stack([left, torch.clamp(left + 1, max=in_size - 1)], 1).to(torch.int32)
+    wts = torch.stack([1.0 - frac, frac], 1).to(torch.float32)
+    return idx.contiguous(), wts.contiguous()
 
 
 class MaskMaker:
@@ -78,6 +98,18 @@ class MaskMaker:
         ry = self.wy[s[:, 0:1] + self.rows_y[None]]  # [m, H, n]
         rx = self.wx[s[:, 1:2] + self.rows_x[None]]  # [m, W, n]
         return torch.bmm(torch.bmm(ry, g), rx.transpose(1, 2)).clamp_(0.0, 1.0)
+
+
+def rise_masked_batch_torch(grids, shifts, x: torch.Tensor, num_cells: int, out_masks: bool = True, *,
+                            maker: "MaskMaker | None" = None):
+    """PyTorch twin of `kernels.triton_rise.rise_masked_batch_triton` (any device): `(batch [m, C, H, W],
+    masks [m, H*W] float32 or None)`, batch = mask_m * float32(x) rounded to x's dtype. `maker`: a
+    MaskMaker of x's size, num_cells and device, to reuse its matrices."""
+    c, h, w = x.shape
+    make = maker if maker is not None else MaskMaker((h, w), num_cells, device=x.device)
+    masks = make(grids, shifts)  # [m, H, W] float32
+    batch = (masks[:, None] * x.float()[None]).to(x.dtype)
+    return batch, (masks.reshape(masks.shape[0], h * w) if out_masks else None)
 
 
 def rise_masks_reference(grids: np.ndarray, shifts: np.ndarray, input_hw: Tuple[int, int], num_cells: int

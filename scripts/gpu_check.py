@@ -93,10 +93,11 @@ MODULES = {
 
 # The Triton tests that the GPU machine adds something to: ahead-of-time compilation for sm_80 / sm_90
 # with the machine's triton and the engine tests. The interpreter kernel suites (test_triton_kernels,
-# test_det_kernels, test_vit_kernels) run in every CPU test run and take minutes in the interpreter;
-# on the GPU, tests/test_cuda.py checks the same kernels for real.
+# test_det_kernels, test_vit_kernels, test_triton_rise) run in every CPU test run and take minutes in the
+# interpreter; on the GPU, tests/test_cuda.py checks the same kernels for real.
 TRITON_TESTS = ["tests/test_triton_compile.py", "tests/test_triton_engine.py",
-                "tests/test_vit_kernels.py::test_triton_kernels_compile_for_sm90"]
+                "tests/test_vit_kernels.py::test_triton_kernels_compile_for_sm90",
+                "tests/test_triton_rise.py::test_rise_kernel_compiles_for_sm90"]
 
 
 @dataclass

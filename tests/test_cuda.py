@@ -2,9 +2,9 @@
 
 Skipped where CUDA is not available (this module is what `make gpu-check` runs on a GPU machine).
 Every Triton kernel (normalize, GAP pooling, mosaic, the fused epilogue, the token mosaic, the
-multiplicity-weighted attention, DetClassProbabilityMap) runs on CUDA tensors, as `backend="auto"`
-picks it there, and is compared with float64 loop references (tests/reference.py) and the CPU
-kernels; then whole models (SmallCNN: the GAP shortcut; ConvHeadCNN: the mosaic path; a ViT: the
+multiplicity-weighted attention, DetClassProbabilityMap, the fused RISE masks) runs on CUDA
+tensors, as `backend="auto"` picks it there, and is compared with float64 loop references
+(tests/reference.py, OpenCV for RISE) and the CPU kernels; then whole models (SmallCNN: the GAP shortcut; ConvHeadCNN: the mosaic path; a ViT: the
 exact fast path) on the GPU against float64 references on the CPU, and `xaifast.explain` on the GPU
 against the same call on the CPU.
 
@@ -201,6 +201,41 @@ def test_det_class_map_matches_float64_reference(case, rng):
     ref = det_class_map_reference(levels, A, size, softmax)
     scale = float(np.abs(ref).max())
     np.testing.assert_allclose(_cpu64(got).numpy(), ref, rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("hw,cells,count", _sizes([((13, 21), 3, 5)], [((224, 224), 8, 500), ((97, 130), 7, 64)]),
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_rise_masks_match_opencv_loop(hw, cells, count, rng):
+    """The fused RISE kernel: masks against OpenCV's float64 per-mask loop, the masked batch against
+    those masks times the image."""
+    from xaifast.kernels.rise import draw_masks, rise_masks_reference
+    from xaifast.kernels.triton_rise import rise_masked_batch_triton
+
+    grids, shifts = draw_masks(rng, count, hw, cells, 0.5)
+    x = torch.from_numpy(rng.uniform(-2.0, 2.0, (3,) + hw).astype(np.float32))
+    batch, masks = rise_masked_batch_triton(_dev(torch.from_numpy(grids)), _dev(torch.from_numpy(shifts)), _dev(x),
+                                            cells)
+    assert batch.device.type == masks.device.type == DEVICE.type
+    ref = rise_masks_reference(grids, shifts, hw, cells)
+    np.testing.assert_allclose(masks.cpu().numpy().reshape(ref.shape), ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_cpu64(batch).numpy(), ref[:, None] * x.double().numpy()[None], rtol=1e-6, atol=1e-6)
+
+
+def test_rise_on_the_gpu_equals_the_cpu(monkeypatch):
+    """rise() with the model on the GPU (the fused Triton kernel, picked by "auto" there) against the CPU."""
+    from xaifast.algorithms.rise import rise
+    from xaifast.kernels import triton_rise
+
+    calls = []
+    kernel = triton_rise.rise_masked_batch_triton
+    monkeypatch.setattr(triton_rise, "rise_masked_batch_triton", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    model = SmallCNN(num_classes=5, width=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    opts = dict(num_masks=1000 if ON_GPU else 24, num_cells=4, batch_size=100 if ON_GPU else 8, seed=3)
+    cpu = rise(model, x, backend="torch", **opts).raw
+    gpu = rise(copy.deepcopy(model).to(DEVICE), x, backend=BACKEND, **opts).raw
+    assert len(calls) == 2 * -(-opts["num_masks"] // opts["batch_size"])  # every chunk, every image
+    assert_maps_close(gpu, cpu, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------ models

@@ -12,7 +12,9 @@ probabilities, as the paper and OpenVINO XAI's classification postprocessing), s
 The model is anything that maps inputs to scores (`xaifast.engines.scorer.as_scorer`): an
 nn.Module, an Engine, an .xml / .onnx file, or a Python callable on numpy batches. Masks are made
 on the model's device in chunks of `batch_size`, applied there, and the masked chunk goes through
-the model at once; the chunk's scores are folded into the maps by one matmul.
+the model at once; the chunk's scores are folded into the maps by one matmul. On CUDA (with triton)
+one Triton kernel makes a chunk's masks and writes the masked images (`kernels/triton_rise.py`; the
+masks are stored once per chunk, for the matmul); elsewhere the PyTorch MaskMaker does.
 """
 from __future__ import annotations
 
@@ -61,17 +63,22 @@ def _targets_per_image(targets, batch: int, num_classes: int):
 
 def rise(model, x, *, targets: Union[None, Sequence[int], Sequence[Sequence[int]]] = None, num_masks: int = 5000,
          num_cells: int = 8, prob: float = 0.5, seed: int = 0, batch_size: int = 64, score: Optional[str] = None,
-         normalize: bool = False, scores: Optional[torch.Tensor] = None) -> SaliencyResult:
+         normalize: bool = False, scores: Optional[torch.Tensor] = None, backend: str = "auto") -> SaliencyResult:
     """RISE maps of the images x [B, C, H, W] (preprocessed model inputs), at the input's size.
 
     targets: None (every class: [B, K, H, W]), a list of classes for every image ([B, T, H, W]),
     or one list per image (T classes each, in that order). batch_size: masked images per model call.
     scores: the model's scores on x, when already known (only their class count is read).
+    backend: how masks are made and applied: "auto" (the fused Triton kernel on CUDA when triton can be
+    imported, else PyTorch), "torch", or "triton" (CUDA, or CPU tensors with TRITON_INTERPRET=1);
+    "numba" is the PyTorch path (there is no Numba RISE kernel).
     Returns a SaliencyResult with raw float32 maps (and uint8 maps when normalize)."""
     from ..engines.scorer import as_scorer
+    from ..kernels._compat import check_backend, pick_backend
     from ..kernels.rise import MaskMaker, draw_masks
 
     check_options(num_masks, num_cells, prob)
+    check_backend(backend)
     scorer = as_scorer(model, score=score, batch_size=batch_size)  # None: softmax (a callable's own scores)
     x = torch.as_tensor(x)
     if x.ndim == 3:
@@ -84,7 +91,11 @@ def rise(model, x, *, targets: Union[None, Sequence[int], Sequence[Sequence[int]
     per_image = _targets_per_image(targets, b_count, int(scores.shape[1]))
     device = scorer.device
     xd = x.to(device=device, dtype=torch.float32)
-    make = MaskMaker((h, w), num_cells, device=device)
+    fused = pick_backend("torch" if backend == "numba" else backend, xd) == "triton"
+    if fused:
+        from ..kernels.triton_rise import rise_masked_batch_triton
+    else:
+        make = MaskMaker((h, w), num_cells, device=device)
     rng = np.random.default_rng(seed)
     index = torch.tensor(per_image, device=device)  # [B, T]
     sal = torch.zeros(b_count, index.shape[1], h * w, dtype=torch.float32, device=device)
@@ -92,10 +103,19 @@ def rise(model, x, *, targets: Union[None, Sequence[int], Sequence[Sequence[int]
     for start in range(0, int(num_masks), chunk):
         count = min(chunk, int(num_masks) - start)
         grids, shifts = draw_masks(rng, count, (h, w), num_cells, prob)
-        masks = make(grids, shifts)  # [m, H, W]
-        flat = masks.reshape(count, h * w)
+        if fused:  # masks made and applied in one kernel, stored [m, H*W] with the first image only
+            grids, shifts = torch.from_numpy(grids).to(device), torch.from_numpy(shifts).to(device)
+            flat = None
+        else:
+            masks = make(grids, shifts)  # [m, H, W]
+            flat = masks.reshape(count, h * w)
         for b in range(b_count):
-            s = scorer(masks[:, None] * xd[b][None]).to(device)  # [m, K]
+            if fused:
+                batch, made = rise_masked_batch_triton(grids, shifts, xd[b], num_cells, out_masks=flat is None)
+                flat = made if flat is None else flat
+            else:
+                batch = masks[:, None] * xd[b][None]
+            s = scorer(batch).to(device)  # [m, K]
             sal[b] += s[:, index[b]].T @ flat
     raw = (sal / (float(num_masks) * float(prob))).reshape(b_count, -1, h, w)
     result = SaliencyResult(raw=raw.cpu())
