@@ -38,13 +38,16 @@ class _SplitState:
 _SPLITS: "weakref.WeakKeyDictionary[nn.Module, Dict[Optional[str], _SplitState]]" = weakref.WeakKeyDictionary()
 
 
-def _fingerprint(model: nn.Module) -> tuple:
-    return tuple(id(m) for m in model.modules()) + tuple(id(p) for p in model.parameters())
+def _fingerprint(model: nn.Module, modules: Optional[list] = None) -> tuple:
+    from .base import module_list
+
+    modules = module_list(model) if modules is None else modules
+    return tuple(map(id, modules)) + tuple(id(p) for m in modules for p in m._parameters.values() if p is not None)
 
 
-def _split_state(model: nn.Module, target_layer: Optional[str]) -> _SplitState:
+def _split_state(model: nn.Module, target_layer: Optional[str], modules: Optional[list] = None) -> _SplitState:
     states = _SPLITS.setdefault(model, {})
-    fingerprint = _fingerprint(model)
+    fingerprint = _fingerprint(model, modules)
     state = states.get(target_layer)
     if state is None or state.fingerprint != fingerprint:
         state = states[target_layer] = _SplitState(fingerprint)
@@ -71,9 +74,12 @@ class ClassifierAdapter(ModelAdapter):
         self.preprocess = preprocess or Preprocess()
         self.labels = list(labels) if labels is not None else None
         if model is not None:
-            if any(m.training for m in model.modules()):  # (eval() walks every module: ms per call)
+            from .base import module_list
+
+            modules = module_list(model)
+            if any(m.training for m in modules):  # (eval() walks every module: ms per call)
                 model.eval()
-            self._state = _split_state(model, target_layer)
+            self._state = _split_state(model, target_layer, modules)
         else:
             self._state = _SplitState(())
 

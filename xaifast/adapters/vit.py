@@ -270,7 +270,9 @@ def find_block_lists(model: nn.Module) -> List[Tuple[str, List[nn.Module]]]:
     Remembered per model while its module tree is the same (the same module objects in the same
     order): engines and adapters ask several times per call, and recognizing every block of a
     ViT-B costs milliseconds."""
-    tree = tuple(id(m) for m in model.modules())
+    from .base import module_list
+
+    tree = tuple(map(id, module_list(model)))
     memo = _BLOCK_LISTS.get(model)
     if memo is None or memo[0] != tree:
         memo = _BLOCK_LISTS[model] = (tree, _find_block_lists(model))
