@@ -52,73 +52,6 @@ def _metadata(path: Path, ov_model) -> Optional[dict]:
     return None
 
 
-class _Runner:
-    """One compiled graph, run so that a batch alone uses every core: compiled with the THROUGHPUT
-    hint, a batch is cut into one request per stream (as the OpenVINO engine does, and only where
-    that changes no bit: `_Compiled.check_batch_invariant`); a graph that takes one image per call
-    (OpenVINO XAI's) runs its images on the streams side by side. A single image runs on a second
-    compilation with the LATENCY hint (one stream on every core), made when one first comes.
-    `infer` returns each output role's array (copies)."""
-
-    def __init__(self, core, model, device: str, config: dict, roles: Optional[Sequence[str]] = None,
-                 one_at_a_time: bool = False):
-        from .openvino import _Compiled
-
-        self.core, self.model, self.device, self.config = core, model, device, dict(config)
-        shape = model.inputs[0].get_partial_shape()
-        fixed = shape.rank.is_static and shape.rank.get_length() > 0 and shape[0].is_static
-        one_at_a_time = one_at_a_time or (fixed and shape[0].get_length() == 1)
-        self.compiled = core.compile_model(model, device, {**self.config, "PERFORMANCE_HINT": "THROUGHPUT"})
-        outputs = list(self.compiled.outputs)
-        self.roles = list(roles) if roles is not None else [o.get_any_name() for o in outputs]
-        try:
-            streams = max(1, int(self.compiled.get_property("NUM_STREAMS")))
-        except Exception:
-            streams = 1
-        self.entry = _Compiled(self.compiled, self.roles, {}, streams, 1 if one_at_a_time else 1 << 30, model,
-                               streams, batch_invariant=True if one_at_a_time else False if fixed else None)
-        self.pool = [self.compiled.create_infer_request() for _ in range(streams)]
-        self.one_at_a_time = one_at_a_time
-        self._latency = None
-
-    def _single(self, x: np.ndarray) -> Dict[str, np.ndarray]:
-        if self._latency is None:
-            compiled = self.core.compile_model(self.model, self.device, {**self.config, "PERFORMANCE_HINT": "LATENCY"})
-            self._latency = compiled.create_infer_request()
-        self._latency.infer({0: x})
-        return {role: np.array(self._latency.get_output_tensor(i).data) for i, role in enumerate(self.roles)}
-
-    def infer(self, x: np.ndarray) -> Dict[str, np.ndarray]:
-        from .openvino import SPLIT_BATCHES
-
-        n = x.shape[0]
-        if n == 1 and len(self.pool) > 1:
-            return self._single(x)
-        if SPLIT_BATCHES and self.entry.batch_invariant is None and min(n, len(self.pool)) > 1:
-            self.entry.check_batch_invariant(x)
-        parts = self.entry.parts(n) if SPLIT_BATCHES or self.one_at_a_time else [(0, n)]
-        outs: List[Optional[List[np.ndarray]]] = [None] * len(parts)
-        busy: List[Optional[int]] = [None] * len(self.pool)
-
-        def collect(r: int) -> None:
-            request = self.pool[r]
-            request.wait()
-            outs[busy[r]] = [np.array(request.get_output_tensor(i).data) for i in range(len(self.roles))]
-            busy[r] = None
-
-        for k, (a, b) in enumerate(parts):
-            r = k % len(self.pool)
-            if busy[r] is not None:
-                collect(r)
-            self.pool[r].start_async({0: x[a:b]}, share_inputs=True)
-            busy[r] = k
-        for r in range(len(self.pool)):
-            if busy[r] is not None:
-                collect(r)
-        return {role: outs[0][i] if len(outs) == 1 else np.concatenate([o[i] for o in outs])
-                for i, role in enumerate(self.roles)}
-
-
 class OpenVINOAdapter(ModelAdapter):
     """Runs an exported model; `explain_batch` returns logits and the model's own maps."""
 
@@ -154,9 +87,11 @@ class OpenVINOAdapter(ModelAdapter):
             self.preprocess = preprocess or Preprocess(size, tuple(meta.get("mean", Preprocess().mean)),
                                                        tuple(meta.get("std", Preprocess().std)))
             self.labels = list(labels) if labels is not None else meta.get("labels")
-            self.runner = _Runner(core, model, device, self._config)
+            self.compiled = core.compile_model(model, device, self._config)
+            self._roles = {o.get_any_name(): o for o in self.compiled.outputs}
         else:
             self._foreign(model, names, meta, preprocess, labels)
+        self._request = self.compiled.create_infer_request()
 
     def _foreign(self, model, names, meta, preprocess, labels) -> None:
         """An IR / ONNX xaifast did not export with explain outputs: OTX's or OpenVINO XAI's IR with
@@ -182,9 +117,7 @@ class OpenVINOAdapter(ModelAdapter):
                 self.mode = "saliency_map"  # OTX / OpenVINO XAI: its own maps, normalized uint8
                 wrapped, self.one_at_a_time, self.feature_name = OI.explained_outputs(model)
                 self.score = "the model's"
-                self.runner = _Runner(self.core, wrapped, self.device_name, self._config,
-                                      ["logits", "saliency_map", "feature_map"][:len(wrapped.outputs)],
-                                      one_at_a_time=self.one_at_a_time)
+                self._compile_roles(wrapped, ["logits", "saliency_map", "feature_map"])
             else:
                 self.mode = "inserted"  # white-box: Recipro-CAM inserted into the graph, raw maps
                 self._plain = model
@@ -194,6 +127,10 @@ class OpenVINOAdapter(ModelAdapter):
         except OI.ForeignModelError as exc:
             raise ExportedModelError(f"{self.path}: {exc}") from None
 
+    def _compile_roles(self, model, roles) -> None:
+        self.compiled = self.core.compile_model(model, self.device_name, self._config)
+        self._roles = dict(zip(roles, self.compiled.outputs))
+
     def _insert(self, mask: str, score: str):
         """The plain model with Recipro-CAM inserted for (mask, score), compiled once each."""
         from . import ov_insert as OI
@@ -202,10 +139,12 @@ class OpenVINOAdapter(ModelAdapter):
         if key not in self._inserted:
             insertion = OI.insert_recipro_cam(self._plain.clone(), target_layer=self.target_layer, mask=mask,
                                               score=score)
-            runner = _Runner(self.core, insertion.model, self.device_name, self._config,
-                             ["logits", "saliency_map", "feature_map"][:len(insertion.model.outputs)])
-            self._inserted[key] = (insertion, runner)
-        insertion, self.runner = self._inserted[key]
+            compiled = self.core.compile_model(insertion.model, self.device_name, self._config)
+            self._inserted[key] = (insertion, compiled)
+        insertion, compiled = self._inserted[key]
+        self.compiled = compiled
+        self._roles = dict(zip(["logits", "saliency_map", "feature_map"], compiled.outputs))
+        self._request = compiled.create_infer_request()
         return insertion
 
     @property
@@ -214,7 +153,11 @@ class OpenVINOAdapter(ModelAdapter):
 
     def infer(self, x: torch.Tensor) -> Dict[str, np.ndarray]:
         x = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return self.runner.infer(x)  # OpenVINO XAI's graphs explain one image per call: the runner knows
+        if self.one_at_a_time and x.shape[0] > 1:  # OpenVINO XAI's graphs explain one image per call
+            parts = [self.infer(torch.from_numpy(x[i:i + 1])) for i in range(x.shape[0])]
+            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        result = self._request.infer({0: x})
+        return {name: result[output].copy() for name, output in self._roles.items()}
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         out = self.infer(x)
