@@ -31,18 +31,22 @@ class TAttention(nn.Module):
     learned [heads, N, N] position bias) or "distance" (a bias computed from token distance in
     forward, no parameter)."""
 
-    def __init__(self, dim, heads, bias=None, tokens=0):
+    def __init__(self, dim, heads, bias=None, tokens=0, qk_norm=False):
         super().__init__()
         self.num_heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.bias_kind = bias
         self.rel_bias = nn.Parameter(torch.randn(heads, tokens, tokens)) if bias == "param" else None
+        if qk_norm:  # timm's qk_norm: a LayerNorm of each head's queries and keys
+            self.q_norm, self.k_norm = nn.LayerNorm(dim // heads), nn.LayerNorm(dim // heads)
 
     def forward(self, x):
         b, n, c = x.shape
         h = self.num_heads
         q, k, v = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         a = (q @ k.transpose(-1, -2)) * (c // h) ** -0.5
         if self.bias_kind == "param":
             a = a + self.rel_bias
@@ -62,10 +66,10 @@ class TLayerScale(nn.Module):
 
 
 class TBlock(nn.Module):
-    def __init__(self, dim, heads, bias=None, tokens=0, post_norm=False):
+    def __init__(self, dim, heads, bias=None, tokens=0, post_norm=False, qk_norm=False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = TAttention(dim, heads, bias, tokens)
+        self.attn = TAttention(dim, heads, bias, tokens, qk_norm)
         self.ls1 = TLayerScale(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
@@ -85,7 +89,7 @@ class TimmStyleViT(nn.Module):
     unless `pool="max"` (then `forward_head` max-pools the patch tokens)."""
 
     def __init__(self, img=(32, 40), patch=8, dim=32, depth=3, heads=4, classes=5, pool=None, bias=None,
-                 post_norm=False, extra_token=False):
+                 post_norm=False, extra_token=False, qk_norm=False):
         super().__init__()
         grid = (img[0] // patch, img[1] // patch)
         n = 1 + grid[0] * grid[1] + int(extra_token)
@@ -93,7 +97,7 @@ class TimmStyleViT(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
         self.extra = nn.Parameter(torch.randn(1, 1, dim)) if extra_token else None
         self.pos_embed = nn.Parameter(torch.randn(1, n, dim) * 0.5)
-        self.blocks = nn.ModuleList([TBlock(dim, heads, bias, n, post_norm) for _ in range(depth)])
+        self.blocks = nn.ModuleList([TBlock(dim, heads, bias, n, post_norm, qk_norm) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
         if pool is not None:
@@ -177,6 +181,7 @@ ZOO = {
     "hf_deit_with_teacher": (hf_deit_teacher, _hf_deit_rest, (5, 3), 2, True),
     "timm_style": (lambda: (TimmStyleViT(), (32, 40)), _timm_rest, (4, 5), 1, True),
     "timm_style_max_pool": (lambda: (TimmStyleViT(img=(24, 32), pool="max"), (24, 32)), _timm_rest, (3, 4), 1, True),
+    "timm_style_qk_norm": (lambda: (TimmStyleViT(img=(24, 32), qk_norm=True), (24, 32)), _timm_rest, (3, 4), 1, True),
     "timm_style_position_bias_param": (lambda: (TimmStyleViT(img=(24, 24), bias="param"), (24, 24)), _timm_rest,
                                        (3, 3), 1, False),
     "timm_style_position_bias_computed": (lambda: (TimmStyleViT(img=(24, 24), bias="distance"), (24, 24)),

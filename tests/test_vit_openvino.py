@@ -78,6 +78,7 @@ ENGINE_CASES = {
     "hf_deit_with_teacher": ("gaussian", True, 1),
     "timm_style": ("1x1", True, 2),
     "timm_style_max_pool": ("gaussian", True, 1),
+    "timm_style_qk_norm": ("gaussian", True, 1),  # a key norm: the last block's attention on the mosaic
     "timm_style_position_bias_param": ("gaussian", True, 1),  # naive graph
 }
 

@@ -356,6 +356,35 @@ class FastGraph(torch.nn.Module):
         o = _bmm(torch.softmax(logits, dim=-1), v)  # [B, HW, h, L, dh]
         return parts.out(o.transpose(-2, -3).flatten(-2))
 
+    def _attend_tokens(self, parts, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       bv: Optional[torch.Tensor]) -> torch.Tensor:
+        """One query set q [B, 1, L, I] for every cell, against the keys and values of the tokens
+        k, v [B, N, I] (projected without their biases bk, bv) -> [B, HW, L, D]: `_attend` on the
+        mosaic of k and v, computed without building it. Slot u of cell p is s * t + b for token
+        t = index[p, u] and scale s = scale[p, u], so (keys, without a key norm)
+            q . (s k_t + b_k) = s (q . k_t) + q . b_k   : q . k on the N tokens, then gathered (q . b_k,
+                                                          one constant per query, cancels in the softmax);
+            sum_u a_u (s_u v_t + b_v) = sum_u (a_u s_u) v_t + b_v   : the scales on the attention
+                                                          weights (which sum to 1), not on the values.
+        No transposed copy of a gathered tensor; the same maps (tests/test_vit_models.py, float64)."""
+        h, dh = parts.num_heads, parts.head_dim
+        b_count, L, n = q.shape[0], q.shape[2], k.shape[1]
+        q = q[:, 0].unflatten(-1, (h, dh)).transpose(1, 2)  # [B, h, L, dh]
+        q = parts.q_norm(q) if parts.q_norm is not None else q
+        scale = self.scale[..., 0].to(q.dtype)  # [HW, U]
+        kt = k.unflatten(-1, (h, dh)).transpose(1, 2).reshape(-1, n, dh)  # [B*h, N, dh]
+        logits = torch.bmm(q.reshape(-1, L, dh), kt.transpose(1, 2)).reshape(b_count, h, L, n)
+        logits = logits.index_select(3, self.index).unflatten(3, (self.HW, self.U)) * scale  # [B, h, L, HW, U]
+        # (q . b_k is the same for every key of a query: softmax does not see it, so it is left out)
+        logits = logits.transpose(2, 3) * parts.scale + self.log_count[:, 0].to(q.dtype)  # [B, h, HW, L, U]
+        a = torch.softmax(logits, dim=-1)
+        vt = v.unflatten(-1, (h, dh)).transpose(1, 2)  # [B, h, N, dh]
+        vg = vt.index_select(2, self.index).unflatten(2, (self.HW, self.U))  # [B, h, HW, U, dh]
+        o = _bmm(a * scale[:, None, :], vg)  # [B, h, HW, L, dh]
+        if bv is not None:  # (sum_u a_u = 1)
+            o = o + bv.reshape(h, 1, 1, dh)
+        return parts.out(o.permute(0, 2, 3, 1, 4).flatten(-2))
+
     def _block(self, blk, y: torch.Tensor, queries) -> torch.Tensor:
         """A block after the target one on the distinct tokens y [B, HW, U, D]."""
         p = blk.parts
@@ -373,10 +402,13 @@ class FastGraph(torch.nn.Module):
             # distinct token; q, residual and MLP of the queried auxiliary tokens only (the same in
             # every cell: broadcast over the cells)
             (k, v), (bk, bv) = self._project(p, t, (1, 2), bias=False)
-            k, v = self._mosaic(k, bk), self._mosaic(v, bv)
             q = self._project(p, t[:, self.queries] * self.aux_scale, (0,))[0].unsqueeze(1)  # [B, 1, L, I]
             x_q = (t[:, self.queries] * self.aux_scale).unsqueeze(1)
-            y = target.finish(x_q, self._attend(p, q, k, v))  # [B, HW, L, D]
+            if p.k_norm is None:
+                attended = self._attend_tokens(p, q, k, v, bv)
+            else:  # a norm of each key: on the mosaic itself
+                attended = self._attend(p, q, self._mosaic(k, bk), self._mosaic(v, bv))
+            y = target.finish(x_q, attended)  # [B, HW, L, D]
         else:
             (q, k, v), biases = self._project(p, t, (0, 1, 2), bias=False)
             q, k, v = (self._mosaic(a, b) for a, b in zip((q, k, v), biases))

@@ -60,7 +60,7 @@ ENGINES = ("auto", "openvino", "pytorch")
 ENGINE_ENV = "XAIFAST_ENGINE"
 CACHE_ENV = "XAIFAST_CACHE_DIR"
 #: Bumped whenever the engine's graph or cache layout changes (old disk entries are then ignored).
-CACHE_FORMAT = 4  # 2: Recipro-CAM cell logits of an affine head as a 1x1 convolution; 3: ViT fast path graph; 4: its last-block queries without an expand
+CACHE_FORMAT = 5  # 2: Recipro-CAM cell logits of an affine head as a 1x1 convolution; 3: ViT fast path graph; 4: its last-block queries without an expand; 5: its last block head-major (no transpose of the gathered keys and values)
 #: Algorithms the engine runs, per model kind (what the graph computes: see _graph_algorithm).
 ENGINE_ALGORITHMS = {"cnn_classifier": ("recipro_cam", "activationmap", "eigencam"),
                      "transformer": ("vit_recipro_cam", "activationmap", "eigencam")}
