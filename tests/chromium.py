@@ -131,6 +131,18 @@ class Browser:
                 raise TimeoutError(f"waited for {expression}")
             time.sleep(0.02)
 
+    def screenshot(self, x: float, y: float, width: float, height: float):
+        """What the page paints in a rectangle of CSS pixels: RGB uint8 [h, w, 3] (a PNG from Chromium)."""
+        import base64
+
+        import cv2
+        import numpy as np
+
+        shot = self.call("Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True,
+                         clip=dict(x=x, y=y, width=width, height=height, scale=1))
+        image = cv2.imdecode(np.frombuffer(base64.b64decode(shot["data"]), np.uint8), cv2.IMREAD_COLOR)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
     def open(self, url: str) -> None:
         self.call("Page.navigate", session=True, url=url)
 

@@ -240,7 +240,7 @@ def test_disk_full_stops_the_run_keeps_what_is_written_and_resume_finishes(tmp_p
     assert 0 < len(records) < 24
     for r in records:  # journaled means its files are there
         assert all((run / f).is_file() for f in r["files"]) and len(r["files"]) == 2
-        assert thumbs_exist(run, r["index"], r["thumbs"]) and r["thumbs"]
+        assert thumbs_exist(run, r) and r["thumbs"] and r["thumb_strip"]
     summary = _job(model, data, tmp_path / "cut", num_workers=2, resume=True)
     assert summary.run_dir == run and summary.resumed == len(records)
     assert _files(run) == _files(whole)

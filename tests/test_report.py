@@ -15,7 +15,8 @@ import torch
 
 import xaifast  # noqa: F401
 from xaifast.cli import main as cli
-from xaifast.stages.thumbs import MAX_OVERLAYS, make_thumbs, shrink, thumb_keys, thumb_rel, thumb_size
+from xaifast.stages.thumbs import (MAX_OVERLAYS, make_thumbs, shrink, strip, strip_rel, thumb_keys, thumb_rel,
+                                   thumb_size)
 
 from chromium import Browser, find_chromium
 
@@ -194,6 +195,21 @@ def test_thumbnail_boxes_and_keys(rng):
     assert thumb_keys([4, 9], [9, 4]) == [9, 4]
     assert thumb_size(50, 20) == (50, 20) and thumb_size(1000, 10) == (128, 1)
     assert thumb_rel(12345, "input") == "explain/thumbs/0012/0012345_input.jpg"
+    assert strip_rel(12345) == "explain/thumbs/0012/0012345.jpg"
+
+
+@pytest.mark.parametrize("w,h,n", [(128, 96, 3), (85, 128, 4), (1, 1, 1), (16, 7, 2)])
+def test_strip_tiles(rng, w, h, n):
+    """Tiles side by side every `stride` (w rounded up to 16) pixels, each gap the tile's last column."""
+    tiles = [(k, rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)) for k in range(n)]
+    pixels, (tw, th, stride) = strip(tiles)
+    assert (tw, th) == (w, h) and stride % 16 == 0 and w <= stride < w + 16
+    assert pixels.shape == (h, n * stride, 3)
+    for i, (_, t) in enumerate(tiles):
+        np.testing.assert_array_equal(pixels[:, i * stride:i * stride + w], t)
+        np.testing.assert_array_equal(pixels[:, i * stride + w:(i + 1) * stride], np.repeat(t[:, -1:], stride - w, 1))
+    with pytest.raises(ValueError, match="differ in size"):
+        strip(tiles + [("x", np.zeros((h + 1, w, 3), np.uint8))])
 
 
 # ---------------------------------------------------------------------------------------- the page
@@ -202,10 +218,11 @@ def test_report_page_in_chromium(browser, recipe, data, tmp_path):
     index = index_of(run_dir)
     records = index["images"]
     assert sorted(r["rel"] for r in records) == sorted(NAMES)
-    for r in records:  # the run wrote the thumbnails: the photo and every class (3 <= MAX_OVERLAYS)
+    for r in records:  # the run wrote the thumbnails: the photo and every class (3 <= MAX_OVERLAYS), one strip
         assert r["thumbs"] == ["input"] + thumb_keys(r["targets"], [p["class"] for p in r["predictions"]])
-        for key in r["thumbs"]:
-            assert (run_dir / thumb_rel(r["index"], key)).is_file()
+        w, h, stride = r["thumb_strip"]
+        assert cv2.imread(str(run_dir / strip_rel(r["index"]))).shape == (h, 4 * stride, 3)
+    assert len(list((run_dir / "explain" / "thumbs").rglob("*.jpg"))) == len(records)
     assert (run_dir / "report.html").is_file()
 
     b = browser
@@ -220,6 +237,22 @@ def test_report_page_in_chromium(browser, recipe, data, tmp_path):
                     " await Promise.all([...i].map(x => x.decode().catch(() => null)));"
                     " return [...i].map(x => x.naturalWidth); })()")
     assert all(w > 0 for w in loaded)  # the thumbnails are there and decode
+    # each figure shows its own tile of the strip: what the browser paints there is that tile's pixels
+    rects = b.wait("(async () => { const c = [...document.querySelectorAll('#grid .card')][0];"
+                   " const imgs = [...c.querySelectorAll('img')]; await Promise.all(imgs.map(i => i.decode()));"
+                   " return imgs.map(i => { const r = i.getBoundingClientRect();"
+                   " return [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]; }); })()")
+    first = next(r for r in records if r["index"] == cards[0]["index"])
+    w, h, stride = first["thumb_strip"]
+    pixels = cv2.cvtColor(cv2.imread(str(run_dir / strip_rel(first["index"]))), cv2.COLOR_BGR2RGB)
+    assert len(rects) == len(first["thumbs"])
+    for i, (x, y, rw, rh) in enumerate(rects):
+        assert (rw, rh) == (w, h)
+        painted = b.screenshot(x, y, rw, rh).astype(int)
+        tile = pixels[:, i * stride:i * stride + w].astype(int)
+        others = [pixels[:, j * stride:j * stride + w].astype(int) for j in range(len(rects)) if j != i]
+        error = np.abs(painted - tile).mean()
+        assert error < 3 and all(error < np.abs(painted - o).mean() for o in others), (i, error)  # (JPEG decoders)
     body = b.eval("document.body.innerText")
     assert Path(BAD).name in body and "Skipped inputs" in body  # the unreadable file, by name, as text
     gt = {c["name"]: c["gt"] for c in cards}
@@ -271,6 +304,36 @@ def test_report_page_in_chromium(browser, recipe, data, tmp_path):
     assert not b.dialogs
 
 
+def test_report_of_a_run_made_before_the_strips(browser, recipe, data, tmp_path):
+    """A run whose journal names one thumbnail file per key (runs made before the strips) still shows
+    them, and `xaifast report` keeps them (nothing missing: no strip made)."""
+    run = explain(recipe, data, tmp_path / "old")
+    index = index_of(run)
+    for r in index["images"]:
+        w, h, stride = r.pop("thumb_strip")
+        strip_path = run / strip_rel(r["index"])
+        pixels = cv2.imread(str(strip_path))
+        for i, key in enumerate(r["thumbs"]):
+            cv2.imwrite(str(run / thumb_rel(r["index"], key)), pixels[:, i * stride:i * stride + w])
+        strip_path.unlink()
+    (run / "explain" / "index.json").write_text(json.dumps(index))
+    journal = run / "explain" / "index.jsonl"  # (the records the report reads)
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    journal.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "thumb_strip"}) + "\n" for r in lines))
+    assert cli(["report", str(run)]) == 0
+    assert not any((run / strip_rel(r["index"])).exists() for r in index["images"])
+    open_page(browser, run)
+    cards = browser.eval(CARDS)
+    assert sorted(c["name"] for c in cards) == sorted(NAMES)
+    by_index = {r["index"]: r for r in index["images"]}
+    for c in cards:
+        assert c["imgs"] == [thumb_rel(c["index"], k) for k in by_index[c["index"]]["thumbs"]]
+    loaded = browser.wait("(async () => { const i = [...document.querySelectorAll('#grid img')];"
+                          " await Promise.all(i.map(x => x.decode().catch(() => null)));"
+                          " return i.map(x => x.naturalWidth); })()")
+    assert loaded and all(w > 0 for w in loaded)
+
+
 def test_report_rebuilds_thumbnails(browser, recipe, data, tmp_path):
     """A zarr run (by default without a report: a store stays a few files), then `xaifast report`: thumbnails from the store and the photos,
     byte-identical to those a PNG run wrote as it went; a postprocessed PNG run's thumbnails, lost,
@@ -280,9 +343,8 @@ def test_report_rebuilds_thumbnails(browser, recipe, data, tmp_path):
     assert not (zarr / "report.html").exists() and not (zarr / "explain" / "thumbs").exists()
     assert cli(["report", str(tmp_path / "zarr")]) == 0  # a work dir: its newest run
     for r in index_of(png)["images"]:
-        for key in r["thumbs"]:
-            rel = thumb_rel(r["index"], key)
-            assert (zarr / rel).read_bytes() == (png / rel).read_bytes(), rel
+        rel = strip_rel(r["index"])
+        assert (zarr / rel).read_bytes() == (png / rel).read_bytes(), rel
     open_page(browser, zarr)
     assert sorted(c["name"] for c in browser.eval(CARDS)) == sorted(NAMES)
     assert all(len(c["imgs"]) == 4 for c in browser.eval(CARDS))

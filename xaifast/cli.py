@@ -359,7 +359,7 @@ def _report(a) -> int:
     from .report import write_report
 
     s = write_report(a.run, thumbs=a.thumbs, page_size=a.page_size)
-    made = f", {s.thumbs_made} thumbnails made" if s.thumbs_made else ""
+    made = f", thumbnails made for {s.thumbs_made} images" if s.thumbs_made else ""
     what = f"{s.images} images, {s.views} views" + (", evaluation" if s.evaluate else "")
     print(f"report: {s.path} ({what}{made}; {s.seconds:.1f} s)")
     return 0

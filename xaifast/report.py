@@ -27,7 +27,9 @@ in meta's `labels` ({class: label} of the classes the items mention):
   g: ground-truth labels ([] if none); ok: top-1 prediction equals the ground truth (null: unknown)
   pr: predictions: classifiers [[class, score]], detectors [[class, best score, count]]
   tp: the top-5 classes [[class, score]] (classifiers)
-  t: the keys of the image's thumbnails ("input", class indices, "image"), at `thumb_rel(x, key)`
+  t: the keys of the image's thumbnails ("input", class indices, "image"), tiles of the strip
+     `strip_rel(x)`; ts: the strip's [tile width, height, stride] (absent: a run made before the
+     strips, one file per thumbnail at `thumb_rel(x, key)`)
      (`xaifast.stages.thumbs`); f: {key: the run's full-size overlay (or map) file}, if any
 
 Evaluate runs (`<run>/evaluate/evaluate.json`, or `<run>/evaluate.json`): the page shows
@@ -275,6 +277,8 @@ def _items(records: List[dict], labels: Optional[List[str]] = None) -> tuple:
             item["src"] = str(source)
         thumbs = [k if k in ("input", "image") else int(k) for k in r.get("thumbs") or []]
         item["t"] = thumbs
+        if thumbs and r.get("thumb_strip"):
+            item["ts"] = [int(v) for v in r["thumb_strip"]]
         files = r.get("files")
         if files:
             full = {str(k): f for k in thumbs if k != "input" for f in [_full_file(files, k)] if f}
@@ -362,20 +366,20 @@ def _evaluate(run_dir: Path) -> Optional[dict]:
 def _remake_thumbs(run, everything: bool) -> int:
     """Make the thumbnails the run lacks (or all of them) from the source images and the stored
     maps (zarr, low-resolution PNGs) or, for postprocessed PNG runs, the overlay files. Updates
-    the records in memory (the report shows them); returns the number of files written."""
+    the records in memory (the report shows them); returns the number of strips (files) written."""
     from .stages.files import InlineWriter
     from .stages.thumbs import thumb_keys, thumbs_exist, write_thumbs
 
     made, writer = 0, InlineWriter()  # (each thumbnail folder made once)
     for pos, record in enumerate(run.records):
         have = record.get("thumbs")
-        if not everything and have and thumbs_exist(run.path, record["index"], have):
+        if not everything and have and thumbs_exist(run.path, record):
             continue
         thumbs = _thumbs_of(run, pos, record, thumb_keys)
         if thumbs is None:
             continue
-        record["thumbs"] = write_thumbs(run.path, record["index"], thumbs, writer)
-        made += len(thumbs)
+        record.update(write_thumbs(run.path, record["index"], thumbs, writer))
+        made += 1
     return made
 
 

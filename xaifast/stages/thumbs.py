@@ -1,9 +1,16 @@
-"""Thumbnails for the run report: small JPEGs of each image and of a few of its overlays, written by
-the run (a sink beside the main one) so that `report.html` never touches a full-size file.
+"""Thumbnails for the run report: one small JPEG per image holding the photo and a few of its
+overlays side by side (a strip), written by the run (a sink beside the main one) so that
+`report.html` never touches a full-size file.
 
-    <run>/explain/thumbs/<index // 1000:04d>/<index:07d>_input.jpg        the photo
-    <run>/explain/thumbs/<index // 1000:04d>/<index:07d>_class_<k>.jpg    class k's overlay
-    <run>/explain/thumbs/<index // 1000:04d>/<index:07d>_image.jpg        a class-agnostic overlay
+    <run>/explain/thumbs/<index // 1000:04d>/<index:07d>.jpg     [photo | overlay | overlay ...]
+
+Tiles of w x h pixels start every `stride` pixels (w rounded up to a multiple of 16, so JPEG's
+4:2:0 blocks never straddle two tiles; the gap repeats the tile's last column); the journal
+records the keys in strip order and [w, h, stride] (`"thumbs": ["input", 285], "thumb_strip":
+[128, 96, 128]`), and the page shows each tile by cropping the strip. One file per image, not one
+per thumbnail: a file costs about as much CPU to create as the thumbnail's encode, and a
+million-image run keeps a million thumbnail files, not up to four million. Runs made before
+the strips (one file per thumbnail, `thumb_rel`) still show.
 
 Named by the image's input position, never by its file name (a name is data, not a path we
 build on). Made at thumbnail size from the start: the photo is shrunk once (`shrink`: a box
@@ -17,8 +24,6 @@ Which overlays: the class-agnostic map when there is one, then the predicted cla
 explained, then the other explained classes in order, MAX_OVERLAYS at most (an ALL run of a
 1000-class model gets thumbnails of its predictions, not 1000).
 
-The journal records the keys of the thumbnails made (`"thumbs": ["input", 285]`); `thumb_rel`
-gives their paths.
 """
 from __future__ import annotations
 
@@ -43,10 +48,20 @@ def thumb_tag(key) -> str:
     return "image" if key == "image" else f"class_{int(key)}"
 
 
+def strip_rel(index: int) -> str:
+    """The image's thumbnail strip, relative to the run folder."""
+    index = int(index)
+    return f"{THUMBS_DIR}/{index // 1000:04d}/{index:07d}.jpg"
+
+
 def thumb_rel(index: int, key) -> str:
-    """The thumbnail's path relative to the run folder."""
+    """A thumbnail of a run made before the strips (one file per thumbnail), relative to the run folder."""
     index = int(index)
     return f"{THUMBS_DIR}/{index // 1000:04d}/{index:07d}_{thumb_tag(key)}.jpg"
+
+
+def strip_stride(width: int) -> int:
+    return -(-int(width) // 16) * 16
 
 
 def thumb_keys(targets: Sequence, predicted: Iterable, limit: int = MAX_OVERLAYS) -> List:
@@ -130,20 +145,39 @@ def _boxes(picture: np.ndarray, detections, only_class: Optional[int], sx: float
     return picture
 
 
-def encode_thumbs(run_dir, index: int, thumbs: Sequence[Tuple[object, np.ndarray]]) -> Tuple[List, List]:
-    """([(path, JPEG bytes)], keys as the journal records them) of an image's thumbnails."""
+def strip(thumbs: Sequence[Tuple[object, np.ndarray]]) -> Tuple[np.ndarray, List[int]]:
+    """(the strip RGB [h, n * stride], [w, h, stride]) of an image's thumbnails (all w x h: made at
+    the image's thumbnail size); each tile's gap repeats its last column."""
+    tiles = [np.asarray(p) for _, p in thumbs]
+    h, w = tiles[0].shape[:2]
+    if any(t.shape[:2] != (h, w) for t in tiles):
+        raise ValueError(f"thumbnails of one image differ in size: {[t.shape[:2] for t in tiles]}")
+    stride = strip_stride(w)
+    out = np.empty((h, stride * len(tiles), 3), dtype=np.uint8)
+    for i, t in enumerate(tiles):
+        t = t if t.ndim == 3 else cv2.cvtColor(t, cv2.COLOR_GRAY2RGB)
+        out[:, i * stride:i * stride + w] = t[:, :, :3]
+        out[:, i * stride + w:(i + 1) * stride] = t[:, w - 1:w, :3]
+    return out, [w, h, stride]
+
+
+def encode_thumbs(run_dir, index: int, thumbs: Sequence[Tuple[object, np.ndarray]]) -> Tuple[List, dict]:
+    """([(path, JPEG bytes)], what the journal records: {"thumbs": keys, "thumb_strip": [w, h, stride]})
+    of an image's thumbnails (no file and no keys when there are none)."""
     from .encode import encode_jpg
 
-    run_dir = Path(run_dir)
-    return [(run_dir / thumb_rel(index, key), encode_jpg(pixels, QUALITY)) for key, pixels in thumbs], \
-        [key for key, _ in thumbs]
+    if not thumbs:
+        return [], {"thumbs": []}
+    pixels, tile = strip(thumbs)
+    return [(Path(run_dir) / strip_rel(index), encode_jpg(pixels, QUALITY))], \
+        {"thumbs": [key for key, _ in thumbs], "thumb_strip": tile}
 
 
-def write_thumbs(run_dir, index: int, thumbs: Sequence[Tuple[object, np.ndarray]], writer=None) -> List:
-    """Write the thumbnails (JPEG, atomically) on this thread; returns their keys as the journal records them."""
-    files, keys = encode_thumbs(run_dir, index, thumbs)
+def write_thumbs(run_dir, index: int, thumbs: Sequence[Tuple[object, np.ndarray]], writer=None) -> dict:
+    """Write the image's thumbnail strip (JPEG, atomically) on this thread; returns what the journal records."""
+    files, record = encode_thumbs(run_dir, index, thumbs)
     (writer or InlineWriter()).write(files)
-    return keys
+    return record
 
 
 class ThumbSink:
@@ -161,12 +195,16 @@ class ThumbSink:
         keys = thumb_keys(r.keys, ex.predicted)
         maps = r.maps[[r._index[k] for k in keys]] if keys else None
         thumbs = make_thumbs(keys, maps, r.image, r.size, r.alpha, r.shown)
-        files, made = encode_thumbs(self.run_dir, ex.index, thumbs)
-        self.writer.write(files, lambda: done({"thumbs": made}))
+        files, record = encode_thumbs(self.run_dir, ex.index, thumbs)
+        self.writer.write(files, lambda: done(record))
 
     def close(self) -> None:
         pass
 
 
-def thumbs_exist(run_dir, index: int, keys: Sequence) -> bool:
-    return all(os.path.isfile(os.path.join(run_dir, thumb_rel(index, k))) for k in keys)
+def thumbs_exist(run_dir, record: dict) -> bool:
+    """Whether the thumbnails a journal record names are on disk (a strip, or the files of a run made
+    before the strips)."""
+    if record.get("thumb_strip"):
+        return os.path.isfile(os.path.join(run_dir, strip_rel(record["index"])))
+    return all(os.path.isfile(os.path.join(run_dir, thumb_rel(record["index"], k))) for k in record.get("thumbs") or [])
