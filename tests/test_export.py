@@ -144,6 +144,38 @@ def test_metadata_and_outputs(tmp_path):
     assert all(list(e.saliency_map) == ["image"] and e.saliency_map["image"].shape == (4, 4) for e in exs)
 
 
+def test_exported_model_is_opened_once_per_file_and_options(tmp_path):
+    """explain(path, batch) from a caller's loop reads and compiles the file once; a changed file, or
+    other options, get their own adapter; threads may share one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xaifast.engines import make_adapter
+
+    torch.manual_seed(5)
+    model = SmallCNN(num_classes=3).eval()
+    pre = xaifast.Preprocess(input_size=(32, 32))
+    path = xaifast.export(model, tmp_path / "m.xml", preprocess=pre)
+    first = make_adapter(str(path))
+    assert make_adapter(str(path)) is first and make_adapter(path) is first
+    assert make_adapter(str(path), precision="bf16") is not first
+    assert make_adapter(str(path), labels=["a", "b", "c"]) is not first
+    x = torch.randn(6, 3, 32, 32)
+    cfg = xaifast.ExplainConfig(target_explain_group="ALL")
+    want = [dict(e.saliency_map) for e in xaifast.explain(str(path), x, cfg)]
+    with ThreadPoolExecutor(3) as pool:  # one shared adapter, one infer request at a time
+        runs = list(pool.map(lambda i: [dict(e.saliency_map) for e in xaifast.explain(str(path), x, cfg)], range(6)))
+    for got in runs:
+        for a, b in zip(got, want):
+            assert all(np.array_equal(a[k], b[k]) for k in b)
+    with torch.no_grad():
+        model.classifier.weight.mul_(-1.0)
+    xaifast.export(model, path, preprocess=pre)  # the same path, new weights: opened again
+    again = make_adapter(str(path))
+    assert again is not first
+    new = [dict(e.saliency_map) for e in xaifast.explain(str(path), x, cfg)]
+    assert any(not np.array_equal(a[k], b[k]) for a, b in zip(new, want) for k in b)
+
+
 def test_export_without_explain_is_explained_white_box_and_clear_errors(tmp_path):
     model = SmallCNN(num_classes=3).eval()
     path = xaifast.export(model, tmp_path / "plain.xml", explain=False, preprocess=xaifast.Preprocess(input_size=(32, 32)))

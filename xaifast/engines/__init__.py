@@ -21,13 +21,13 @@ def make_adapter(model, *, target_layer=None, backbone=None, head=None, preproce
     from ..adapters.vit import ViTAdapter, is_transformer
     from ..algorithms import requested_model_kind
     from ..errors import XaifastError
-    from .exported import OpenVINOAdapter, is_exported_model
+    from .exported import OpenVINOAdapter, is_exported_model, open_exported
 
     if isinstance(model, (ClassifierAdapter, ViTAdapter, OpenVINOAdapter, DetectionAdapter)):
         return model
     if is_exported_model(model):
-        return OpenVINOAdapter(model, precision=precision, preprocess=preprocess, labels=labels,
-                               target_layer=target_layer)
+        return open_exported(model, precision=precision, preprocess=preprocess, labels=labels,
+                             target_layer=target_layer)
     if is_detection_model(model, spec):
         return DetectionAdapter(model, spec, preprocess=preprocess, labels=labels)
     if isinstance(model, torch.nn.Module) and backbone is None and head is None:
