@@ -151,3 +151,9 @@ def test_aise_equals_openvino_xai(tmp_path):
                     kernel_widths=widths).raw.numpy()
         assert ours.shape == theirs.shape == (2, 2, 16, 20)
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_aise_warns_about_many_classes():
+    many = lambda x: np.tile(model_np(x), (1, 4))  # noqa: E731  (12 classes)
+    with pytest.warns(UserWarning, match="12 classes per image.*PREDICTIONS"):
+        aise(many, torch.rand(1, 3, 16, 20), num_iterations_per_kernel=2, kernel_widths=[0.2])

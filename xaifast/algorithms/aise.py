@@ -213,6 +213,13 @@ def aise(model, x, *, targets: Union[None, Sequence[int], Sequence[Sequence[int]
         scores = scorer(x)
     per_image = _targets_per_image(targets, b_count, int(scores.shape[1]))
     t_count = len(per_image[0]) if per_image else 0
+    if t_count > 10:
+        import warnings
+
+        warnings.warn(f"aise explains {t_count} classes per image: {t_count * len(widths)} optimizations and about "
+                      f"{2 * t_count * len(widths) * iterations} model calls an image. Explain the predicted "
+                      "classes (target_explain_group PREDICTIONS) or chosen ones (CUSTOM) instead of ALL",
+                      stacklevel=2)
     device = scorer.device
     x64 = x.to(device=device, dtype=torch.float32).double()  # x * mask in float64, as numpy's promotion
     make = GaussianMasks((h, w))
