@@ -273,3 +273,43 @@ def test_file_scorer_async_pieces_keep_order(rng, tmp_path, dynamic):
         scorer = _file_scorer(Path(path), "softmax", batch_size, infer_batch=infer_batch)
         np.testing.assert_allclose(scorer(x), want, rtol=1e-4, atol=1e-5, err_msg=f"{infer_batch}, {batch_size}")
         np.testing.assert_allclose(scorer(x[:1]), want[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_module_scorer_moves_to_openvino_for_long_work(rng, monkeypatch):
+    """A CPU nn.Module scores in PyTorch until OPENVINO_AFTER_SECONDS of work, then through its
+    OpenVINO conversion (the same scores); engine="openvino" converts at once, "pytorch" never; a
+    model OpenVINO cannot take keeps PyTorch, with a warning."""
+    import xaifast.engines.scorer as S
+    from xaifast.zoo import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=4).eval()
+    x = torch.from_numpy(rng.normal(size=(7, 3, 24, 20)).astype(np.float32))
+    with torch.no_grad():
+        want = torch.softmax(model(x), 1)
+    torch_only = as_scorer(model, engine="pytorch")
+    np.testing.assert_allclose(torch_only(x), want, rtol=1e-6, atol=1e-7)
+    assert not torch_only.openvino()
+    at_once = as_scorer(model, engine="openvino", batch_size=3)
+    np.testing.assert_allclose(at_once(x), want, rtol=1e-4, atol=1e-6)
+    assert at_once.openvino()
+    monkeypatch.setattr(S, "OPENVINO_AFTER_SECONDS", 1e-9)
+    auto = as_scorer(model, batch_size=5)
+    first = auto(x[:5])  # PyTorch (nothing spent yet), then OpenVINO
+    assert not auto.openvino()
+    np.testing.assert_allclose(torch.cat([first, auto(x[5:])]), want, rtol=1e-4, atol=1e-6)
+    assert auto.openvino()
+    with torch.no_grad():
+        model.classifier.weight.mul_(-1.0)  # new weights: converted again
+        want = torch.softmax(model(x), 1)
+    np.testing.assert_allclose(auto(x), want, rtol=1e-4, atol=1e-6)
+
+    class NotConvertible(torch.nn.Module):
+        def forward(self, x):
+            return torch.from_numpy(np.asarray(x.numpy().mean(axis=(2, 3))))  # leaves torch: no graph
+
+    odd = as_scorer(NotConvertible(), engine="openvino")
+    with pytest.warns(UserWarning, match="could not be run with OpenVINO"):
+        got = odd(x)
+    np.testing.assert_allclose(got, torch.softmax(x.mean((2, 3)), 1), rtol=1e-6)
+    assert not odd.openvino()

@@ -63,7 +63,7 @@ def make_engine(model, config, *, engine: Optional[str] = None, precision: str =
 
         adapter = BlackBoxAdapter(model, preprocess=adapter_options.get("preprocess"),
                                   labels=adapter_options.get("labels"))
-        return BlackBoxEngine(adapter)
+        return BlackBoxEngine(adapter, engine=engine)
     adapter = make_adapter(model, algorithm=config.algorithm, precision=precision, **adapter_options)
     if isinstance(adapter, OpenVINOAdapter):
         return ExportedEngine(adapter)

@@ -71,9 +71,10 @@ def _method(algorithm: str):
 class BlackBoxEngine(Engine):
     """RISE / AISE maps of the asked classes; batch_size: masked inputs per model call (default 64)."""
 
-    def __init__(self, adapter: BlackBoxAdapter, batch_size: int = 64):
+    def __init__(self, adapter: BlackBoxAdapter, batch_size: int = 64, engine: Optional[str] = None):
         self.adapter = adapter
         self.batch_size = batch_size
+        self.scoring_engine = engine  # nn.Modules on the CPU: auto (OpenVINO for long scoring work) | openvino | pytorch
         self._scorers = {}
 
     def scorer(self, score: Optional[str]):
@@ -81,7 +82,8 @@ class BlackBoxEngine(Engine):
 
         key = score
         if key not in self._scorers:
-            self._scorers[key] = as_scorer(self.adapter.model, score=score, batch_size=self.batch_size)
+            self._scorers[key] = as_scorer(self.adapter.model, score=score, batch_size=self.batch_size,
+                                           engine=self.scoring_engine)
         return self._scorers[key]
 
     @staticmethod
