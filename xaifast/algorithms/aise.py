@@ -197,21 +197,12 @@ def aise(model, x, *, targets: Union[None, Sequence[int], Sequence[Sequence[int]
     Returns a SaliencyResult with raw float32 maps (and uint8 maps when normalize)."""
     from scipy.optimize import Bounds, direct
 
-    from ..engines.scorer import as_scorer
-    from .rise import _targets_per_image
+    from .rise import prepare
 
     iterations, widths = check_options(preset, num_iterations_per_kernel, kernel_widths, solver_epsilon,
                                        locally_biased)
-    scorer = as_scorer(model, score=score, batch_size=batch_size)
-    x = torch.as_tensor(x)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or not x.is_floating_point():
-        raise AiseError(f"AISE explains float model inputs [B, C, H, W], got {list(x.shape)} {x.dtype}")
+    scorer, x, per_image = prepare(model, x, targets, scores, score, batch_size, "AISE", AiseError)
     b_count, _, h, w = x.shape
-    if scores is None:
-        scores = scorer(x)
-    per_image = _targets_per_image(targets, b_count, int(scores.shape[1]))
     t_count = len(per_image[0]) if per_image else 0
     if t_count > 10:
         import warnings

@@ -61,6 +61,22 @@ def _targets_per_image(targets, batch: int, num_classes: int):
     return per
 
 
+def prepare(model, x, targets, scores, score: Optional[str], batch_size: int, what: str, error=RiseError):
+    """What a black-box method starts from: (the scorer of `model`, x as float [B, C, H, W], the
+    classes of each image); the model scores x when `scores` is not given (its class count is read)."""
+    from ..engines.scorer import as_scorer
+
+    scorer = as_scorer(model, score=score, batch_size=batch_size)  # None: softmax (a callable's own scores)
+    x = torch.as_tensor(x)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or not x.is_floating_point():
+        raise error(f"{what} explains float model inputs [B, C, H, W], got {list(x.shape)} {x.dtype}")
+    if scores is None:
+        scores = scorer(x)
+    return scorer, x, _targets_per_image(targets, x.shape[0], int(scores.shape[1]))
+
+
 def rise(model, x, *, targets: Union[None, Sequence[int], Sequence[Sequence[int]]] = None, num_masks: int = 5000,
          num_cells: int = 8, prob: float = 0.5, seed: int = 0, batch_size: int = 64, score: Optional[str] = None,
          normalize: bool = False, scores: Optional[torch.Tensor] = None, backend: str = "auto") -> SaliencyResult:
@@ -73,22 +89,13 @@ def rise(model, x, *, targets: Union[None, Sequence[int], Sequence[Sequence[int]
     imported, else PyTorch), "torch", or "triton" (CUDA, or CPU tensors with TRITON_INTERPRET=1);
     "numba" is the PyTorch path (there is no Numba RISE kernel).
     Returns a SaliencyResult with raw float32 maps (and uint8 maps when normalize)."""
-    from ..engines.scorer import as_scorer
     from ..kernels._compat import check_backend, pick_backend
     from ..kernels.rise import MaskMaker, draw_masks
 
     check_options(num_masks, num_cells, prob)
     check_backend(backend)
-    scorer = as_scorer(model, score=score, batch_size=batch_size)  # None: softmax (a callable's own scores)
-    x = torch.as_tensor(x)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or not x.is_floating_point():
-        raise RiseError(f"RISE explains float model inputs [B, C, H, W], got {list(x.shape)} {x.dtype}")
+    scorer, x, per_image = prepare(model, x, targets, scores, score, batch_size, "RISE", RiseError)
     b_count, c, h, w = x.shape
-    if scores is None:
-        scores = scorer(x)
-    per_image = _targets_per_image(targets, b_count, int(scores.shape[1]))
     device = scorer.device
     xd = x.to(device=device, dtype=torch.float32)
     fused = pick_backend("torch" if backend == "numba" else backend, xd) == "triton"
