@@ -294,15 +294,23 @@ def test_module_scorer_moves_to_openvino_for_long_work(rng, monkeypatch):
     np.testing.assert_allclose(at_once(x), want, rtol=1e-4, atol=1e-6)
     assert at_once.openvino()
     monkeypatch.setattr(S, "OPENVINO_AFTER_SECONDS", 1e-9)
+    model = SmallCNN(num_classes=4).eval()  # (the one above is converted already: a later scorer uses that)
+    with torch.no_grad():
+        want = torch.softmax(model(x), 1)
     auto = as_scorer(model, batch_size=5)
     first = auto(x[:5])  # PyTorch (nothing spent yet), then OpenVINO
     assert not auto.openvino()
     np.testing.assert_allclose(torch.cat([first, auto(x[5:])]), want, rtol=1e-4, atol=1e-6)
     assert auto.openvino()
+    again = as_scorer(model, batch_size=5)  # a later scorer of the same model: OpenVINO from its first batch
+    np.testing.assert_allclose(again(x), want, rtol=1e-4, atol=1e-6)
+    assert again.openvino()
     with torch.no_grad():
         model.classifier.weight.mul_(-1.0)  # new weights: converted again
         want = torch.softmax(model(x), 1)
     np.testing.assert_allclose(auto(x), want, rtol=1e-4, atol=1e-6)
+    fresh = as_scorer(model, batch_size=5)  # (not converted for these weights yet: PyTorch first)
+    np.testing.assert_allclose(fresh(x[:5]), want[:5], rtol=1e-4, atol=1e-6)
 
     class NotConvertible(torch.nn.Module):
         def forward(self, x):

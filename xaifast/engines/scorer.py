@@ -22,6 +22,7 @@ outputs are taken as they are unless score is given. Inputs are cut into chunks 
 from __future__ import annotations
 
 import time
+import weakref
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -93,6 +94,10 @@ class Scorer:
 #: a conversion costs a few seconds. Small jobs stay in PyTorch. engine="openvino" converts at once,
 #: "pytorch" never.
 OPENVINO_AFTER_SECONDS = 2.0
+#: The conversions made, per model (while it lives) and (architecture, weights, image shape): a
+#: caller's loop of rise(model, batch) / aise(model, batch) / explain(model, batch, algorithm="aise")
+#: converts once, and later calls score in OpenVINO from their first batch.
+_CONVERTED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 class _Logits(torch.nn.Module):
@@ -113,15 +118,23 @@ def _module_scorer(model: torch.nn.Module, score: str, batch_size: int, engine: 
     state = {"spent": 0.0, "off": engine == "pytorch" or device.type != "cpu", "key": None, "run": None}
     name = type(model).__name__
 
-    def converted(x: torch.Tensor):
-        """The OpenVINO runner of the model for x's image shape (None: stay in PyTorch)."""
+    def key_of(x: torch.Tensor) -> tuple:
         from .openvino import architecture_digest, weights_digest
 
-        key = (architecture_digest(model), weights_digest(model), tuple(x.shape[1:]))
+        return architecture_digest(model), weights_digest(model), tuple(x.shape[1:])
+
+    def converted(x: torch.Tensor, key: Optional[tuple] = None):
+        """The OpenVINO runner of the model for x's image shape (None: stay in PyTorch)."""
+        key = key or key_of(x)
         if state["key"] == key:
+            return state["run"]
+        known = _CONVERTED.get(model, {})
+        if key in known:
+            state["run"], state["key"] = known[key], key
             return state["run"]
         try:
             state["run"], state["key"] = _convert_module(model, x), key
+            _CONVERTED.setdefault(model, {})[key] = state["run"]
         except Exception as exc:  # noqa: BLE001 - any conversion failure: PyTorch does the work
             import warnings
 
@@ -133,7 +146,10 @@ def _module_scorer(model: torch.nn.Module, score: str, batch_size: int, engine: 
         return state["run"]
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        if not state["off"] and (engine == "openvino" or state["spent"] >= OPENVINO_AFTER_SECONDS):
+        ready = False
+        if not state["off"] and state["run"] is None and model in _CONVERTED:  # converted by an earlier scorer
+            ready = key_of(x) in _CONVERTED[model]
+        if not state["off"] and (ready or engine == "openvino" or state["spent"] >= OPENVINO_AFTER_SECONDS):
             run = converted(x)
             if run is not None:
                 try:
