@@ -178,7 +178,9 @@ def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, tar
     rows, per_map, curves = [], {}, {}
     for algorithm in algorithms:
         start = time.perf_counter()
-        if is_black_box(algorithm) and resolve_algorithm(algorithm, "cnn_classifier", TargetExplainGroup.ALL) == "aise":
+        black_box = resolve_algorithm(algorithm, "cnn_classifier", TargetExplainGroup.ALL) if is_black_box(algorithm) \
+            else None
+        if black_box == "aise":
             # one call: the optimizations of every image and class share the model calls
             explanations = []
             for count in sorted({len(p) for p in per_image}):
@@ -189,7 +191,7 @@ def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, tar
                                     for j, i in enumerate(rows_of))
             explanations = [e for _, e in sorted(explanations, key=lambda item: item[0])]
             explainer = M.make_explainer(scorer, "aise", batch_size=score_batch_size, **aise_options)
-        elif is_black_box(algorithm):
+        elif black_box == "rise":
             explanations = []
             for i in range(n):
                 maps = rise(scorer, x[i:i + 1], targets=[per_image[i]], batch_size=score_batch_size,

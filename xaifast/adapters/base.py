@@ -30,6 +30,14 @@ def module_list(model) -> list:
     return out
 
 
+def model_fingerprint(model, modules: Optional[list] = None) -> tuple:
+    """The identity of the model's module tree and parameter objects (the adapters' per-model state
+    holds while it is the same; in-place weight updates keep it). `modules`: `module_list(model)`
+    when the caller has it."""
+    modules = module_list(model) if modules is None else modules
+    return tuple(map(id, modules)) + tuple(id(p) for m in modules for p in m._parameters.values() if p is not None)
+
+
 def module_tensors(modules: list) -> list:
     """The parameters and buffers of `modules` (from `module_list`), in that order (a tensor shared by
     two modules appears twice)."""

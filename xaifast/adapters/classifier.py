@@ -18,7 +18,7 @@ from torch import nn
 
 from ..data import Preprocess
 from ..errors import ModelSplitError, TargetLayerError
-from .base import ModelAdapter
+from .base import ModelAdapter, model_fingerprint, module_list
 from .head_graph import Head, analyse_head, extract_logits, split_model
 from .target_layer import TargetLayer, choose_target, probe_calls
 
@@ -38,16 +38,9 @@ class _SplitState:
 _SPLITS: "weakref.WeakKeyDictionary[nn.Module, Dict[Optional[str], _SplitState]]" = weakref.WeakKeyDictionary()
 
 
-def _fingerprint(model: nn.Module, modules: Optional[list] = None) -> tuple:
-    from .base import module_list
-
-    modules = module_list(model) if modules is None else modules
-    return tuple(map(id, modules)) + tuple(id(p) for m in modules for p in m._parameters.values() if p is not None)
-
-
 def _split_state(model: nn.Module, target_layer: Optional[str], modules: Optional[list] = None) -> _SplitState:
     states = _SPLITS.setdefault(model, {})
-    fingerprint = _fingerprint(model, modules)
+    fingerprint = model_fingerprint(model, modules)
     state = states.get(target_layer)
     if state is None or state.fingerprint != fingerprint:
         state = states[target_layer] = _SplitState(fingerprint)
@@ -74,8 +67,6 @@ class ClassifierAdapter(ModelAdapter):
         self.preprocess = preprocess or Preprocess()
         self.labels = list(labels) if labels is not None else None
         if model is not None:
-            from .base import module_list
-
             modules = module_list(model)
             if any(m.training for m in modules):  # (eval() walks every module: ms per call)
                 model.eval()

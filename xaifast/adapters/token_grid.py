@@ -23,7 +23,8 @@ from torch import nn
 
 from ..data import Preprocess
 from ..errors import ModelSplitError, TargetLayerError
-from .classifier import ClassifierAdapter, _fingerprint, _SplitState
+from .base import model_fingerprint
+from .classifier import ClassifierAdapter, _SplitState
 from .head_graph import Head, extract_logits, split_model
 from .target_layer import LayerCall, TargetLayer, probe_calls
 
@@ -159,7 +160,7 @@ class TokenGridAdapter(ClassifierAdapter):
         self.labels = list(labels) if labels is not None else None
         model.eval()
         states = _STATES.setdefault(model, {})
-        fingerprint = _fingerprint(model)
+        fingerprint = model_fingerprint(model)
         state = states.get(target_layer)
         if state is None or state.fingerprint != fingerprint:
             state = states[target_layer] = _TokenState(fingerprint)

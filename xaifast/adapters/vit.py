@@ -40,7 +40,7 @@ from torch import nn
 
 from ..data import Preprocess
 from ..errors import ModelSplitError, TargetLayerError
-from .base import ModelAdapter
+from .base import ModelAdapter, model_fingerprint, module_list
 from .head_graph import extract_logits
 
 LOOKED_FOR = ("an nn.ModuleList / nn.Sequential of transformer blocks, each with either "
@@ -270,8 +270,6 @@ def find_block_lists(model: nn.Module) -> List[Tuple[str, List[nn.Module]]]:
     Remembered per model while its module tree is the same (the same module objects in the same
     order): engines and adapters ask several times per call, and recognizing every block of a
     ViT-B costs milliseconds."""
-    from .base import module_list
-
     tree = tuple(map(id, module_list(model)))
     memo = _BLOCK_LISTS.get(model)
     if memo is None or memo[0] != tree:
@@ -586,10 +584,6 @@ class _State:
 _STATES: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, _State]]" = weakref.WeakKeyDictionary()
 
 
-def _fingerprint(model: nn.Module) -> tuple:
-    return tuple(id(m) for m in model.modules()) + tuple(id(p) for p in model.parameters())
-
-
 def _tolerance(dtype: torch.dtype) -> float:
     # A faithful decomposition reproduces float32 logits to ~1e-6 relative (ViT-B, 12 blocks).
     return 1e-9 if dtype == torch.float64 else 1e-4 if dtype == torch.float32 else 3e-2
@@ -619,11 +613,12 @@ class ViTAdapter(ModelAdapter):
         self.target_block = target_block
         self.preprocess = preprocess or Preprocess()
         self.labels = list(labels) if labels is not None else None
-        if any(m.training for m in model.modules()):  # (eval() walks every module: ms per call)
+        modules = module_list(model)
+        if any(m.training for m in modules):  # (eval() walks every module: ms per call)
             model.eval()
         states = _STATES.setdefault(model, {})
         key = (target_layer, target_block)
-        fp = _fingerprint(model)
+        fp = model_fingerprint(model, modules)
         state = states.get(key)
         if state is None or state.fingerprint != fp:
             state = states[key] = _State(fp)

@@ -60,12 +60,14 @@ def _exported_meta(path: Path) -> dict:
 
 
 def _method(algorithm: str):
-    """(the black-box function, its defaults, its options check) of a resolved algorithm name."""
+    """(the black-box function, its defaults, the check of its options dict) of a resolved name."""
     if algorithm == "aise":
-        from ..algorithms import aise as module
-    else:
-        from ..algorithms import rise as module
-    return getattr(module, algorithm if algorithm == "aise" else "rise"), module.DEFAULTS, module.check_options
+        from ..algorithms.aise import DEFAULTS, aise, check_options
+
+        return aise, DEFAULTS, lambda o: check_options(**o)
+    from ..algorithms.rise import DEFAULTS, check_options, rise
+
+    return rise, DEFAULTS, lambda o: check_options(o["num_masks"], o["num_cells"], o["prob"])
 
 
 class BlackBoxEngine(Engine):
@@ -93,13 +95,10 @@ class BlackBoxEngine(Engine):
         return {**defaults, **(request.aise if request.algorithm == "aise" else request.rise)}
 
     def check(self, request: Request) -> None:
-        _, _, check_options = _method(request.algorithm)
+        _, _, check = _method(request.algorithm)
         options = self.options(request)
         options.pop("classes", None)
-        if request.algorithm == "aise":
-            check_options(**options)
-        else:
-            check_options(options["num_masks"], options["num_cells"], options["prob"])
+        check(options)
 
     def map_classes(self, classes, predictions, num_classes: int) -> Optional[List[int]]:
         """The classes to accumulate (the same for every image of the batch), None for all:

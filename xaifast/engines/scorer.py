@@ -115,7 +115,7 @@ def _module_scorer(model: torch.nn.Module, score: str, batch_size: int, engine: 
     except StopIteration:
         device = torch.device("cpu")
     engine = (engine or "auto").lower()
-    state = {"spent": 0.0, "off": engine == "pytorch" or device.type != "cpu", "key": None, "run": None}
+    state = {"spent": 0.0, "off": engine == "pytorch" or device.type != "cpu", "run": None}
     name = type(model).__name__
 
     def key_of(x: torch.Tensor) -> tuple:
@@ -123,18 +123,13 @@ def _module_scorer(model: torch.nn.Module, score: str, batch_size: int, engine: 
 
         return architecture_digest(model), weights_digest(model), tuple(x.shape[1:])
 
-    def converted(x: torch.Tensor, key: Optional[tuple] = None):
+    def converted(x: torch.Tensor, key: tuple):
         """The OpenVINO runner of the model for x's image shape (None: stay in PyTorch)."""
-        key = key or key_of(x)
-        if state["key"] == key:
-            return state["run"]
-        known = _CONVERTED.get(model, {})
-        if key in known:
-            state["run"], state["key"] = known[key], key
+        state["run"] = _CONVERTED.get(model, {}).get(key)
+        if state["run"] is not None:
             return state["run"]
         try:
-            state["run"], state["key"] = _convert_module(model, x), key
-            _CONVERTED.setdefault(model, {})[key] = state["run"]
+            state["run"] = _CONVERTED.setdefault(model, {})[key] = _convert_module(model, x)
         except Exception as exc:  # noqa: BLE001 - any conversion failure: PyTorch does the work
             import warnings
 
@@ -146,11 +141,10 @@ def _module_scorer(model: torch.nn.Module, score: str, batch_size: int, engine: 
         return state["run"]
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        ready = False
-        if not state["off"] and state["run"] is None and model in _CONVERTED:  # converted by an earlier scorer
-            ready = key_of(x) in _CONVERTED[model]
+        key = key_of(x) if not state["off"] and (state["run"] is not None or model in _CONVERTED) else None
+        ready = key is not None and key in _CONVERTED.get(model, {})  # converted (by this or an earlier scorer)
         if not state["off"] and (ready or engine == "openvino" or state["spent"] >= OPENVINO_AFTER_SECONDS):
-            run = converted(x)
+            run = converted(x, key or key_of(x))
             if run is not None:
                 try:
                     return scores_of(run(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)), score)

@@ -23,7 +23,6 @@ MAX_OVERLAYS small renders and JPEG encodes (well under a millisecond each at 12
 Which overlays: the class-agnostic map when there is one, then the predicted classes that were
 explained, then the other explained classes in order, MAX_OVERLAYS at most (an ALL run of a
 1000-class model gets thumbnails of its predictions, not 1000).
-
 """
 from __future__ import annotations
 
