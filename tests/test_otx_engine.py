@@ -91,3 +91,22 @@ def test_work_dir_alone_explains_the_newest_model(tmp_path, images, recipe):
     third = subprocess.run(XAIFAST + ["explain", "--work_dir", str(work)], capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr
     assert "exported_model.xml" in third.stderr and "explained 3 images" in third.stdout
+    # the model is named by its run folder, never through `.latest` (which this run moves to its own folder)
+    assert "/.latest/" not in third.stderr.splitlines()[0]
+
+
+def test_newest_model_never_goes_through_latest(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from xaifast import cli
+
+    run = tmp_path / "20261207_000000"
+    run.mkdir()
+    (run / "exported_model.xml").write_text("<net/>")
+    (tmp_path / ".latest").symlink_to(run.name)
+    glob = Path.glob
+    for reverse in (False, True):  # whatever order the directory lists them in
+        monkeypatch.setattr(Path, "glob", lambda self, pattern: sorted(glob(self, pattern), reverse=reverse))
+        a = SimpleNamespace(work_dir=str(tmp_path), config=None, checkpoint=None, data_root="x")
+        cli._newest_model_of(a)
+        assert a.checkpoint == str((run / "exported_model.xml").resolve())

@@ -268,10 +268,12 @@ def _newest_model_of(a) -> None:
     if not work.is_dir():
         return  # a new work dir: the embedded default writes there
     found = []  # (mtime, kind, value)
-    for path in list(work.glob("*/exported_model.xml")) + list(work.glob("*/exported_model.onnx")):
+    # resolved: `.latest` links to a run folder, and this run is about to point `.latest` at a new one
+    exported = {p.resolve() for p in list(work.glob("*/exported_model.xml")) + list(work.glob("*/exported_model.onnx"))}
+    for path in sorted(exported):
         found.append((path.stat().st_mtime, "exported", str(path)))
     runs = []
-    for path in work.glob("*/explain/run.json"):
+    for path in sorted({p.resolve() for p in work.glob("*/explain/run.json")}):
         try:
             settings = json.loads(path.read_text())
         except (OSError, ValueError):
