@@ -110,3 +110,23 @@ def test_cli_evaluate(tmp_path, rng, make_recipe, monkeypatch, capsys):
     assert main(["evaluate", "--config", str(recipe), "--data_root", str(data), "--algorithms", "aise",
                  "--kernel_widths", "0.2,x"]) == 2
     assert main(["evaluate", "--config", str(recipe), "--data_root", str(data), "--algorithms", "nope"]) == 2
+
+
+def test_evaluate_a_transformer_with_its_own_method(rng):
+    """vit_recipro_cam (and auto) evaluate on a transformer (the names were checked against a CNN);
+    an unknown name still fails before any work."""
+    from xaifast.zoo.vit import small_vit
+
+    torch.manual_seed(0)
+    vit = small_vit(num_classes=3, img_size=(32, 48), depth=2).eval()
+    x = torch.rand(3, 3, 32, 48)
+    result = xaifast.evaluate(vit, x, ["vit_recipro_cam", "auto"], targets=[0, 1, 2], steps=4,
+                              metrics=("insertion_deletion",), engine="pytorch", out=None)
+    assert [r["algorithm"] for r in result.rows] == ["vit_recipro_cam", "auto"]
+    assert result.rows[0]["insertion"] == pytest.approx(result.rows[1]["insertion"], rel=1e-6)
+    maps = xaifast.saliency_maps(vit, x, algorithm="vit_recipro_cam", engine="pytorch")
+    auc = metrics.insertion_deletion_auc(vit, x, maps, steps=4, targets=[0, 1, 2],
+                                         baseline=metrics.black_pixel(xaifast.Preprocess()))
+    assert result.rows[0]["insertion"] == pytest.approx(auc["insertion"], rel=1e-5)
+    with pytest.raises(xaifast.XaifastError, match="unknown explain algorithm 'gradcam'"):
+        xaifast.evaluate(vit, x, ["gradcam"], out=None)

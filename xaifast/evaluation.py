@@ -132,7 +132,7 @@ def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, tar
     out: where the table is printed (default sys.stdout; None with work_dir=None prints nothing
         unless out is given)."""
     from . import metrics as M
-    from .algorithms import is_black_box, resolve_algorithm
+    from .algorithms import check_algorithm_name, is_black_box, resolve_algorithm
     from .algorithms import aise as _aise
     from .algorithms.rise import DEFAULTS, rise
     from .config import TargetExplainGroup
@@ -143,7 +143,7 @@ def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, tar
     if not algorithms:
         raise XaifastError("no algorithm to evaluate; e.g. algorithms=['recipro_cam', 'rise']")
     for a in algorithms:
-        resolve_algorithm(a, "cnn_classifier", TargetExplainGroup.ALL)  # unknown names fail before any work
+        check_algorithm_name(a)  # unknown names fail before any work (whether one fits the model: when it runs)
     unknown = set(metrics) - {"pointing_game", "insertion_deletion", "adcc"}
     if unknown:
         raise XaifastError(f"unknown metric(s) {', '.join(sorted(unknown))}; use pointing_game, insertion_deletion, adcc")

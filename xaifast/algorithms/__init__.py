@@ -33,6 +33,15 @@ _ALIASES = {
 }
 
 
+def check_algorithm_name(name: str) -> str:
+    """`name` normalized, or a clear error when no algorithm has that name (whether it fits the
+    model is checked when the model's type is known: resolve_algorithm)."""
+    key = str(name).lower().replace(" ", "")
+    if key not in _ALIASES:
+        resolve_algorithm(name, "cnn_classifier", TargetExplainGroup.ALL)  # raises: names the valid ones
+    return key
+
+
 def is_black_box(name: str) -> bool:
     """Whether `name` asks for a black-box method (it runs on the model's scores alone)."""
     return _ALIASES.get(str(name).lower().replace(" ", "")) in BLACK_BOX
@@ -82,4 +91,4 @@ def resolve_algorithm(name: str, model_kind: str, group: TargetExplainGroup) -> 
 __all__ = ["activation_map", "eigen_cam", "recipro_cam", "vit_recipro_cam", "explain_activation_map",
            "det_class_probability_map", "explain_det_class_probability_map", "instseg_maps", "explain_instseg",
            "explain_eigen_cam", "SaliencyResult", "resolve_algorithm", "requested_model_kind", "ALGORITHMS",
-           "CLASS_AGNOSTIC", "BLACK_BOX", "is_black_box"]
+           "CLASS_AGNOSTIC", "BLACK_BOX", "is_black_box", "check_algorithm_name"]
