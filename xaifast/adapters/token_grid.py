@@ -23,7 +23,7 @@ from torch import nn
 
 from ..data import Preprocess
 from ..errors import ModelSplitError, TargetLayerError
-from .base import model_fingerprint
+from .base import model_fingerprint, module_list
 from .classifier import ClassifierAdapter, _SplitState
 from .head_graph import Head, extract_logits, split_model
 from .target_layer import LayerCall, TargetLayer, probe_calls
@@ -158,9 +158,11 @@ class TokenGridAdapter(ClassifierAdapter):
         self.backbone = self.user_head = None
         self.preprocess = preprocess or Preprocess()
         self.labels = list(labels) if labels is not None else None
-        model.eval()
+        modules = module_list(model)
+        if any(m.training for m in modules):  # (eval() walks every module: ms per call)
+            model.eval()
         states = _STATES.setdefault(model, {})
-        fingerprint = model_fingerprint(model)
+        fingerprint = model_fingerprint(model, modules)
         state = states.get(target_layer)
         if state is None or state.fingerprint != fingerprint:
             state = states[target_layer] = _TokenState(fingerprint)

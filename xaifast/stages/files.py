@@ -49,9 +49,18 @@ class InlineWriter:
         self._dirs_lock = threading.Lock()
 
     def write(self, files: Sequence[Tuple[os.PathLike, bytes]], then: Optional[Callable[[], None]] = None) -> None:
+        self._write_group(files, then)
+
+    def _write_group(self, files: Sequence[Tuple[os.PathLike, bytes]], then: Optional[Callable[[], None]]) -> None:
+        """Write the files, then call `then()`; a failed write names its file and what to do."""
         for path, data in files:
-            self._parent(path)
-            write_atomic(path, data, make_parents=False)
+            try:
+                self._parent(path)
+                write_atomic(path, data, make_parents=False)
+            except OSError as exc:
+                raise OSError(exc.errno, f"could not write {path}: {exc.strerror or exc} (check the work dir's "
+                              "free space and permissions; finished images are kept: continue with --resume "
+                              "True)") from exc
         if then is not None:
             then()
 
@@ -114,19 +123,8 @@ class FileWriter(InlineWriter):
                 return
             if self._error is not None:
                 continue  # dropped: never journaled, so a resumed run makes it again
-            files, then = item
-            path = None
             try:
-                for path, data in files:
-                    self._parent(path)
-                    write_atomic(path, data, make_parents=False)
-                path = None
-                if then is not None:
-                    then()
+                self._write_group(*item)
             except BaseException as exc:  # noqa: BLE001 - raised by write() / close()
-                if path is not None and isinstance(exc, OSError):
-                    exc = OSError(exc.errno, f"could not write {path}: {exc.strerror or exc} "
-                                  "(check the work dir's free space and permissions; finished images are "
-                                  "kept: continue with --resume True)")
                 if self._error is None:
                     self._error = exc
