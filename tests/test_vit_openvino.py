@@ -178,3 +178,51 @@ def test_exported_ir_holds_the_fast_graph_and_equals_pytorch(name, tmp_path):
                                    target_block=k))
         _assert_u8_within_one(got, ref)
     assert ov.Core().read_model(str(path)).inputs[0].get_partial_shape()[0].is_dynamic
+
+
+def _runtime(compiled) -> list:
+    """(layer type, runtime precision) of each node the compiled model runs."""
+    out = []
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        get = lambda key: info[key].astype(str) if key in info else ""  # noqa: E731
+        out.append((get("layerType"), get("runtimePrecision")))
+    return out
+
+
+def _f32_adds(compiled) -> int:
+    """Elementwise nodes (the residual adds among them) the compiled model runs in f32."""
+    return sum(1 for kind, precision in _runtime(compiled) if kind == "Eltwise" and precision == "f32")
+
+
+def test_exported_ir_runs_only_the_outputs_it_needs(tmp_path):
+    """Explaining an IR runs the graph with logits and saliency_map alone; the feature map is
+    computed only for class-agnostic maps. Asked for at bf16, a transformer's f32 feature_map
+    would keep its residual stream in f32 (OpenVINO keeps f32 from an f32 output back to the last
+    matmul); without it the adds run in bf16."""
+    from xaifast.engines.exported import OpenVINOAdapter
+    from xaifast.engines.scorer import _logits_only
+
+    model, size = family("hf_deit_with_teacher")
+    path = xaifast.export(model, tmp_path / "vit.xml", preprocess=xaifast.Preprocess(input_size=size))
+    x = torch.randn(2, 3, *size)
+    adapter = OpenVINOAdapter(path, precision="auto")
+    names = lambda: [o.get_any_name() for o in adapter.compiled.outputs]  # noqa: E731
+    logits, maps = adapter.explain_batch(x, "vit_recipro_cam")
+    assert names() == ["logits", "saliency_map"] and maps.normalized.dtype == torch.uint8
+    pruned = adapter.compiled
+    _, agnostic = adapter.explain_batch(x, "activationmap")
+    assert names() == ["logits", "feature_map"] and agnostic.raw is not None
+    out = adapter.infer(x)
+    assert sorted(out) == ["feature_map", "logits", "saliency_map"]
+    np.testing.assert_array_equal(out["saliency_map"].shape, maps.normalized.shape)
+    full = adapter.compiled
+    if any(precision == "bf16" for _, precision in _runtime(full)):  # a CPU that runs bf16
+        assert _f32_adds(pruned) < _f32_adds(full), (_f32_adds(pruned), _f32_adds(full))
+    # a scorer of the IR computes the logits alone
+    assert [o.get_any_name() for o in _logits_only(ov.Core().read_model(str(path))).outputs] == ["logits"]
+    f32 = OpenVINOAdapter(path, precision="f32")
+    ref, _ = f32.explain_batch(x, "vit_recipro_cam")
+    from xaifast.engines.scorer import as_scorer
+
+    torch.testing.assert_close(as_scorer(str(path), score="none")(x), ref, rtol=1e-4, atol=1e-4)

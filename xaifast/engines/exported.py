@@ -96,6 +96,10 @@ def open_exported(path: Union[str, Path], *, precision: str = "f32", device: str
     return adapter
 
 
+MAP_ROLES = ("logits", "saliency_map")        # what an explanation by the graph's own maps needs
+FEATURE_ROLES = ("logits", "feature_map")     # class-agnostic maps from the feature map (and forward())
+
+
 class OpenVINOAdapter(ModelAdapter):
     """Runs an exported model; `explain_batch` returns logits and the model's own maps."""
 
@@ -132,11 +136,10 @@ class OpenVINOAdapter(ModelAdapter):
             self.preprocess = preprocess or Preprocess(size, tuple(meta.get("mean", Preprocess().mean)),
                                                        tuple(meta.get("std", Preprocess().std)))
             self.labels = list(labels) if labels is not None else meta.get("labels")
-            self.compiled = core.compile_model(model, device, self._config)
-            self._roles = {o.get_any_name(): o for o in self.compiled.outputs}
+            self._graph, self._graph_roles = model, ["logits", "saliency_map", "feature_map"]
+            self._select(MAP_ROLES)
         else:
             self._foreign(model, names, meta, preprocess, labels)
-        self._request = self.compiled.create_infer_request()
 
     def _foreign(self, model, names, meta, preprocess, labels) -> None:
         """An IR / ONNX xaifast did not export with explain outputs: OTX's or OpenVINO XAI's IR with
@@ -162,7 +165,9 @@ class OpenVINOAdapter(ModelAdapter):
                 self.mode = "saliency_map"  # OTX / OpenVINO XAI: its own maps, normalized uint8
                 wrapped, self.one_at_a_time, self.feature_name = OI.explained_outputs(model)
                 self.score = "the model's"
-                self._compile_roles(wrapped, ["logits", "saliency_map", "feature_map"])
+                self._graph = wrapped
+                self._graph_roles = ["logits", "saliency_map", "feature_map"][:len(wrapped.outputs)]
+                self._select(MAP_ROLES)
             else:
                 self.mode = "inserted"  # white-box: Recipro-CAM inserted into the graph, raw maps
                 self._plain = model
@@ -172,9 +177,26 @@ class OpenVINOAdapter(ModelAdapter):
         except OI.ForeignModelError as exc:
             raise ExportedModelError(f"{self.path}: {exc}") from None
 
-    def _compile_roles(self, model, roles) -> None:
-        self.compiled = self.core.compile_model(model, self.device_name, self._config)
-        self._roles = dict(zip(roles, self.compiled.outputs))
+    def _select(self, roles: Tuple[str, ...]) -> None:
+        """Compile (once) the graph with only the outputs of `roles` that it has, and make it the
+        one that runs. Why not every output: at bf16, OpenVINO's CPU plugin keeps in f32 the nodes
+        between an f32 output and the last convolution / matmul before it; a transformer's
+        `feature_map` (the tokens of the target block) reaches back through the residual adds of
+        every block, so asking for it keeps the whole residual stream in f32 (DeiT-S explain IR,
+        batch 8: 8% slower)."""
+        if not hasattr(self, "_selected"):
+            self._selected: Dict[Tuple[str, ...], tuple] = {}
+        keep = tuple(r for r in self._graph_roles if r in roles)
+        if keep not in self._selected:
+            import openvino as ov
+
+            graph = self._graph.clone()
+            results = graph.get_results()
+            index = [self._graph_roles.index(r) for r in keep]
+            pruned = ov.Model([results[i] for i in index], graph.get_parameters(), graph.get_friendly_name())
+            compiled = self.core.compile_model(pruned, self.device_name, self._config)
+            self._selected[keep] = (compiled, dict(zip(keep, compiled.outputs)), compiled.create_infer_request())
+        self.compiled, self._roles, self._request = self._selected[keep]
 
     def _insert(self, mask: str, score: str):
         """The plain model with Recipro-CAM inserted for (mask, score), compiled once each."""
@@ -196,8 +218,11 @@ class OpenVINOAdapter(ModelAdapter):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def infer(self, x: torch.Tensor) -> Dict[str, np.ndarray]:
+    def infer(self, x: torch.Tensor, roles: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+        """{role: output} of one batch: every output of the graph, or those of `roles`."""
         with self._lock:
+            if self.mode != "inserted":
+                self._select(tuple(roles) if roles is not None else tuple(self._graph_roles))
             return self._infer(x)
 
     def _infer(self, x: torch.Tensor) -> Dict[str, np.ndarray]:
@@ -209,7 +234,10 @@ class OpenVINOAdapter(ModelAdapter):
         return {name: result[output].copy() for name, output in self._roles.items()}
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        out = self.infer(x)
+        with self._lock:
+            if self.mode != "inserted":
+                self._select(FEATURE_ROLES)
+            out = self._infer(x)
         if "feature_map" not in out:
             raise ExportedModelError(f"{self.path}: no global average pooling was found, so there is no feature map "
                                      "for class-agnostic maps")
@@ -221,12 +249,15 @@ class OpenVINOAdapter(ModelAdapter):
         maps of the inserted Recipro-CAM, or class-agnostic maps from the feature map."""
         from ..algorithms import explain_activation_map, explain_eigen_cam
 
-        with self._lock:  # (the inserted graph of this mask and score, then its inference)
+        agnostic = algorithm in ("activationmap", "eigencam") and self.algorithm != algorithm
+        with self._lock:  # (the inserted graph of this mask and score, or the outputs needed, then its inference)
             if self.mode == "inserted" and algorithm == "recipro_cam":
                 self._insert(mask, score)
+            elif self.mode != "inserted":
+                self._select(FEATURE_ROLES if agnostic else MAP_ROLES)
             out = self._infer(x)
         logits = torch.from_numpy(out["logits"])
-        if algorithm in ("activationmap", "eigencam") and self.algorithm != algorithm:
+        if agnostic:
             if "feature_map" not in out:
                 raise ExportedModelError(f"{self.path}: no feature map for {algorithm} (no global average pooling "
                                          "was found before the logits)")

@@ -254,6 +254,18 @@ def _engine_scorer(engine, score: str, batch_size: int) -> Scorer:
 FILE_INFER_BATCH = 8
 
 
+def _logits_only(model):
+    """The model with its "logits" output alone: an explain IR's saliency_map (the whole Recipro-CAM
+    graph) and feature_map are not computed for every scored image."""
+    import openvino as ov
+
+    names = [o.get_names() for o in model.outputs]
+    if len(names) < 2 or not any("logits" in n for n in names):
+        return model
+    index = next(i for i, n in enumerate(names) if "logits" in n)
+    return ov.Model([model.get_results()[index]], model.get_parameters(), model.get_friendly_name())
+
+
 def _file_scorer(path: Path, score: str, batch_size: int, infer_batch: int = FILE_INFER_BATCH) -> Scorer:
     import openvino as ov
 
@@ -264,6 +276,7 @@ def _file_scorer(path: Path, score: str, batch_size: int, infer_batch: int = FIL
         model = core.read_model(str(path))
     except Exception as exc:
         raise ScorerError(f"{path}: OpenVINO cannot read it ({str(exc).splitlines()[0]})") from None
+    model = _logits_only(model)
     config = {"INFERENCE_PRECISION_HINT": "f32"}
     static = core.compile_model(model, "CPU", config)
     compiled, dynamic = static, False
