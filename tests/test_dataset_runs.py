@@ -303,4 +303,6 @@ def test_memory_stays_flat_on_all_classes_with_postprocess(tmp_path, rng):
         assert images == 3
         peaks[group] = peak_kb / 1024
     assert files == 3 * 200 * 2
-    assert peaks["ALL"] < peaks["PREDICTIONS"] + 200, peaks  # MB
+    # MB: measured 157-176 MB above (an image's 400 encoded JPEGs wait as one write group, and how
+    # far the encoders get ahead of the writer thread varies); holding the maps would add ~960 MB
+    assert peaks["ALL"] < peaks["PREDICTIONS"] + 350, peaks
