@@ -127,6 +127,7 @@ class OpenVINOAdapter(ModelAdapter):
         self._config = {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": precision}
         self.target_layer = target_layer
         self.one_at_a_time = False
+        self._selected: Dict[Tuple[str, ...], tuple] = {}  # outputs kept -> (compiled, roles, request): _select
         if "saliency_map" in names and "feature_map" in names and meta.get("explain"):
             self.mode = "xaifast"  # xaifast.export(..., explain=True): the maps are the graph's outputs
             self.kind = meta.get("model_type", "cnn_classifier")
@@ -184,8 +185,6 @@ class OpenVINOAdapter(ModelAdapter):
         `feature_map` (the tokens of the target block) reaches back through the residual adds of
         every block, so asking for it keeps the whole residual stream in f32 (DeiT-S explain IR,
         batch 8: 8% slower)."""
-        if not hasattr(self, "_selected"):
-            self._selected: Dict[Tuple[str, ...], tuple] = {}
         keep = tuple(r for r in self._graph_roles if r in roles)
         if keep not in self._selected:
             import openvino as ov
