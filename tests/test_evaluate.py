@@ -130,3 +130,28 @@ def test_evaluate_a_transformer_with_its_own_method(rng):
     assert result.rows[0]["insertion"] == pytest.approx(auc["insertion"], rel=1e-5)
     with pytest.raises(xaifast.XaifastError, match="unknown explain algorithm 'gradcam'"):
         xaifast.evaluate(vit, x, ["gradcam"], out=None)
+
+
+def test_evaluate_an_exported_explain_model_uses_its_maps(tmp_path, rng):
+    """An IR exported with explain outputs evaluates with the maps of its graph (normalized uint8:
+    every metric is invariant to that min-max scaling) and gives the PyTorch model's figures, up to
+    the uint8 rounding. (It was refused: saliency_maps wants raw maps.)"""
+    data = _photos(tmp_path / "photos", rng)
+    model, pre = _model(), xaifast.Preprocess((32, 32))
+    path = xaifast.export(model, tmp_path / "m.xml", explain=True, preprocess=pre, labels=LABELS)
+    algos = ["recipro_cam", "activationmap"]
+    kw = dict(labels=LABELS, preprocess=pre, steps=8, metrics=("insertion_deletion", "adcc"), out=None)
+    got = xaifast.evaluate(str(path), str(data), algos, **kw)
+    want = xaifast.evaluate(model, str(data), algos, engine="pytorch", **kw)
+    assert got.targets == want.targets == "gt"
+    for g, w in zip(got.rows, want.rows):
+        assert g["algorithm"] == w["algorithm"]
+        for key in ("insertion", "deletion"):  # pixel ranks: the same maps up to uint8 ties
+            assert g[key] == pytest.approx(w[key], abs=1e-4), (g["algorithm"], key, g[key], w[key])
+        for key in ("coherency", "complexity", "average_drop"):
+            assert np.isfinite(g[key]), (g["algorithm"], key)
+    # ADCC rescales a map to [0, 1] unless it already lies there (as OpenVINO XAI does): the class-
+    # agnostic raw maps exceed 1, so both sides rescale and agree
+    g, w = got.rows[1], want.rows[1]
+    for key in ("coherency", "complexity", "average_drop"):
+        assert g[key] == pytest.approx(w[key], abs=0.01), (key, g[key], w[key])

@@ -108,9 +108,9 @@ def _gt_classes(gt, labels) -> List[int]:
 
 
 def _cam_maps(model, x, algorithm: str, options: dict) -> torch.Tensor:
-    from .pipeline import saliency_maps
+    from .pipeline import metric_maps
 
-    return saliency_maps(model, x, algorithm=algorithm, **options)
+    return metric_maps(model, x, algorithm=algorithm, **options)
 
 
 def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, targets=None,

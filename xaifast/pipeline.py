@@ -385,11 +385,14 @@ class ExplainRun:
         self.count += 1
         return ex
 
-    def raw_maps(self) -> torch.Tensor:
-        """Raw float32 maps [B, K, h, w] of every image (`saliency_maps`)."""
+    def raw_maps(self, normalized_ok: bool = False) -> torch.Tensor:
+        """Raw float32 maps [B, K, h, w] of every image (`saliency_maps`); with normalized_ok, the
+        uint8 maps as float32 where the engine gives only those (an exported graph's)."""
         raws = []
         for _, result in self.batch_results():
             raw = result.maps.raw
+            if raw is None and normalized_ok:
+                raw = result.maps.normalized.float()
             if result.map_classes is not None:  # some classes only: the others' maps are zeros
                 full = raw.new_zeros((raw.shape[0], result.num_classes) + tuple(raw.shape[2:]))
                 full[:, result.map_classes] = raw
@@ -444,3 +447,16 @@ def saliency_maps(model, images, algorithm: str = "auto", *, mask: str = "auto",
     gaussian for transformers (as OTX); score "auto": raw logits for Recipro-CAM (as OTX 2.x)."""
     config = ExplainConfig(target_explain_group=TargetExplainGroup.ALL, algorithm=algorithm, mask=mask, score=score)
     return explain(model, images, config, _run_kwargs=dict(normalize=False), **options).raw_maps()
+
+
+def metric_maps(model, images, algorithm: str = "auto", **options) -> torch.Tensor:
+    """Float32 maps [B, K, h, w] for the quality metrics: `saliency_maps`, except for an exported
+    model whose graph normalizes its maps to uint8: those maps, as float32. Every metric gives the
+    same result on a map and its min-max normalization (they rank the pixels, take the maximum, or
+    rescale to [0, 1] first), up to the uint8 rounding."""
+    from .engines.exported import is_exported_model
+
+    if not is_exported_model(model):
+        return saliency_maps(model, images, algorithm, **options)
+    config = ExplainConfig(target_explain_group=TargetExplainGroup.ALL, algorithm=algorithm)
+    return explain(model, images, config, **options).raw_maps(normalized_ok=True)

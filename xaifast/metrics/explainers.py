@@ -34,9 +34,9 @@ def make_explainer(model, algorithm: str, **options) -> Callable[[torch.Tensor, 
         return explain_aise
 
     def explain_cam(x: torch.Tensor, classes: List[int]) -> np.ndarray:
-        from ..pipeline import saliency_maps
+        from ..pipeline import metric_maps
 
-        maps = saliency_maps(model, x, algorithm=name, **options)  # [N, K or 1, h, w]
+        maps = metric_maps(model, x, algorithm=name, **options)  # [N, K or 1, h, w]
         if maps.shape[0] != len(classes):
             raise MetricError(f"{name} gave {maps.shape[0]} maps for {len(classes)} inputs")
         if maps.shape[1] == 1:
