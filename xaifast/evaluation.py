@@ -132,18 +132,17 @@ def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, tar
     out: where the table is printed (default sys.stdout; None with work_dir=None prints nothing
         unless out is given)."""
     from . import metrics as M
-    from .algorithms import check_algorithm_name, is_black_box, resolve_algorithm
+    from .algorithms import BLACK_BOX, check_algorithm_name
     from .algorithms import aise as _aise
     from .algorithms.rise import DEFAULTS, rise
-    from .config import TargetExplainGroup
     from .data import Preprocess
     from .engines.scorer import as_scorer
 
     algorithms = [a.strip() for a in (algorithms.split(",") if isinstance(algorithms, str) else algorithms) if a.strip()]
     if not algorithms:
         raise XaifastError("no algorithm to evaluate; e.g. algorithms=['recipro_cam', 'rise']")
-    for a in algorithms:
-        check_algorithm_name(a)  # unknown names fail before any work (whether one fits the model: when it runs)
+    # unknown names fail before any work (whether one fits the model: when it runs)
+    canonical = {a: check_algorithm_name(a) for a in algorithms}
     unknown = set(metrics) - {"pointing_game", "insertion_deletion", "adcc"}
     if unknown:
         raise XaifastError(f"unknown metric(s) {', '.join(sorted(unknown))}; use pointing_game, insertion_deletion, adcc")
@@ -178,8 +177,7 @@ def evaluate(model, data, algorithms: Sequence[str] = DEFAULT_ALGORITHMS, *, tar
     rows, per_map, curves = [], {}, {}
     for algorithm in algorithms:
         start = time.perf_counter()
-        black_box = resolve_algorithm(algorithm, "cnn_classifier", TargetExplainGroup.ALL) if is_black_box(algorithm) \
-            else None
+        black_box = canonical[algorithm] if canonical[algorithm] in BLACK_BOX else None
         if black_box == "aise":
             # one call: the optimizations of every image and class share the model calls
             explanations = []

@@ -33,23 +33,27 @@ _ALIASES = {
 }
 
 
+def _key(name: str) -> str:
+    return str(name).lower().replace(" ", "")
+
+
 def check_algorithm_name(name: str) -> str:
-    """`name` normalized, or a clear error when no algorithm has that name (whether it fits the
-    model is checked when the model's type is known: resolve_algorithm)."""
-    key = str(name).lower().replace(" ", "")
-    if key not in _ALIASES:
+    """The algorithm `name` asks for (its canonical name: "auto", "classwise", "recipro_cam", ...,
+    "rise", "aise"), or a clear error when no algorithm has that name (whether it fits the model is
+    checked when the model's type is known: resolve_algorithm)."""
+    if _key(name) not in _ALIASES:
         resolve_algorithm(name, "cnn_classifier", TargetExplainGroup.ALL)  # raises: names the valid ones
-    return key
+    return _ALIASES[_key(name)]
 
 
 def is_black_box(name: str) -> bool:
     """Whether `name` asks for a black-box method (it runs on the model's scores alone)."""
-    return _ALIASES.get(str(name).lower().replace(" ", "")) in BLACK_BOX
+    return _ALIASES.get(_key(name)) in BLACK_BOX
 
 
 def requested_model_kind(name: str):
     """The model kind an explicitly named class-wise algorithm needs (None: any / by detection)."""
-    algo = _ALIASES.get(str(name).lower().replace(" ", ""))
+    algo = _ALIASES.get(_key(name))
     return {v: k for k, v in CLASS_WISE_BY_KIND.items()}.get(algo)
 
 
@@ -61,7 +65,7 @@ def resolve_algorithm(name: str, model_kind: str, group: TargetExplainGroup) -> 
     instance segmentation: instseg). The IMAGE group asks for one class-agnostic map:
     activationmap unless eigencam is asked, as in OTX.
     """
-    key = str(name).lower().replace(" ", "")
+    key = _key(name)
     if key not in _ALIASES:
         valid = ("auto, classwisesaliencymap, recipro_cam, vit_recipro_cam, det_class_probability_map, instseg, "
                  "activationmap, eigencam, rise, aise")

@@ -96,6 +96,7 @@ def open_exported(path: Union[str, Path], *, precision: str = "f32", device: str
     return adapter
 
 
+ALL_ROLES = ("logits", "saliency_map", "feature_map")  # a graph's outputs, in this order (those it has)
 MAP_ROLES = ("logits", "saliency_map")        # what an explanation by the graph's own maps needs
 FEATURE_ROLES = ("logits", "feature_map")     # class-agnostic maps from the feature map (and forward())
 
@@ -137,7 +138,7 @@ class OpenVINOAdapter(ModelAdapter):
             self.preprocess = preprocess or Preprocess(size, tuple(meta.get("mean", Preprocess().mean)),
                                                        tuple(meta.get("std", Preprocess().std)))
             self.labels = list(labels) if labels is not None else meta.get("labels")
-            self._graph, self._graph_roles = model, ["logits", "saliency_map", "feature_map"]
+            self._graph, self._graph_roles = model, list(ALL_ROLES)
             self._select(MAP_ROLES)
         else:
             self._foreign(model, names, meta, preprocess, labels)
@@ -167,7 +168,7 @@ class OpenVINOAdapter(ModelAdapter):
                 wrapped, self.one_at_a_time, self.feature_name = OI.explained_outputs(model)
                 self.score = "the model's"
                 self._graph = wrapped
-                self._graph_roles = ["logits", "saliency_map", "feature_map"][:len(wrapped.outputs)]
+                self._graph_roles = list(ALL_ROLES[:len(wrapped.outputs)])
                 self._select(MAP_ROLES)
             else:
                 self.mode = "inserted"  # white-box: Recipro-CAM inserted into the graph, raw maps
@@ -184,7 +185,9 @@ class OpenVINOAdapter(ModelAdapter):
         between an f32 output and the last convolution / matmul before it; a transformer's
         `feature_map` (the tokens of the target block) reaches back through the residual adds of
         every block, so asking for it keeps the whole residual stream in f32 (DeiT-S explain IR,
-        batch 8: 8% slower)."""
+        batch 8: 8% slower). An inserted graph (white-box) keeps the one `_insert` made current."""
+        if self.mode == "inserted":
+            return
         keep = tuple(r for r in self._graph_roles if r in roles)
         if keep not in self._selected:
             import openvino as ov
@@ -209,7 +212,7 @@ class OpenVINOAdapter(ModelAdapter):
             self._inserted[key] = (insertion, compiled)
         insertion, compiled = self._inserted[key]
         self.compiled = compiled
-        self._roles = dict(zip(["logits", "saliency_map", "feature_map"], compiled.outputs))
+        self._roles = dict(zip(ALL_ROLES, compiled.outputs))
         self._request = compiled.create_infer_request()
         return insertion
 
@@ -220,8 +223,7 @@ class OpenVINOAdapter(ModelAdapter):
     def infer(self, x: torch.Tensor, roles: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
         """{role: output} of one batch: every output of the graph, or those of `roles`."""
         with self._lock:
-            if self.mode != "inserted":
-                self._select(tuple(roles) if roles is not None else tuple(self._graph_roles))
+            self._select(tuple(roles) if roles is not None else ALL_ROLES)
             return self._infer(x)
 
     def _infer(self, x: torch.Tensor) -> Dict[str, np.ndarray]:
@@ -234,8 +236,7 @@ class OpenVINOAdapter(ModelAdapter):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         with self._lock:
-            if self.mode != "inserted":
-                self._select(FEATURE_ROLES)
+            self._select(FEATURE_ROLES)
             out = self._infer(x)
         if "feature_map" not in out:
             raise ExportedModelError(f"{self.path}: no global average pooling was found, so there is no feature map "
@@ -252,8 +253,7 @@ class OpenVINOAdapter(ModelAdapter):
         with self._lock:  # (the inserted graph of this mask and score, or the outputs needed, then its inference)
             if self.mode == "inserted" and algorithm == "recipro_cam":
                 self._insert(mask, score)
-            elif self.mode != "inserted":
-                self._select(FEATURE_ROLES if agnostic else MAP_ROLES)
+            self._select(FEATURE_ROLES if agnostic else MAP_ROLES)
             out = self._infer(x)
         logits = torch.from_numpy(out["logits"])
         if agnostic:
