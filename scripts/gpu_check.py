@@ -65,6 +65,7 @@ MACHINE_PROVIDES = ["torch", "triton", "numba", "numpy", "opencv-python", "openc
 WHEEL_REQUIREMENTS = [
     "pyyaml", "tqdm", "jsonargparse>=4.27",                     # import xaifast, the CLI
     "fpng>=0.1.0",                                              # fast PNG encoder (OpenCV is the fallback)
+    "simplejpeg>=1.6",                                          # JPEG without a channel swap (OpenCV is the fallback)
     "zarr>=3", "pyarrow", "pandas",                             # --dump_format zarr, index.parquet, open_run
     "pytest", "pytest-benchmark",                               # tests and benchmarks
     "transformers>=4.40",                                       # the ViT benchmark's model

@@ -149,7 +149,16 @@ def photo_like(H=240, W=320):
     return np.floor(0.5 * base + 0.5 * smooth((H, W, 3)).astype(np.float32) + 0.5).astype(np.uint8)
 
 
-def test_jpg_shape_close_and_smaller_than_png():
+@pytest.fixture(params=["auto", "opencv"])
+def jpeg_backend(request, monkeypatch):
+    """Every JPEG test runs with the encoder this install picks (simplejpeg when present) and with
+    OpenCV forced."""
+    if request.param == "opencv":
+        monkeypatch.setattr(E, "_simplejpeg", lambda: None)
+    return request.param
+
+
+def test_jpg_shape_close_and_smaller_than_png(jpeg_backend):
     image = photo_like()
     data = E.encode_jpg(image)
     assert data[:2] == b"\xff\xd8"
@@ -163,14 +172,14 @@ def test_jpg_shape_close_and_smaller_than_png():
     assert np.abs(out.astype(int) - gray.astype(int)).mean() < 2.0
 
 
-def test_jpg_keeps_rgb_order():
+def test_jpg_keeps_rgb_order(jpeg_backend):
     image = np.zeros((32, 32, 3), np.uint8)
     image[..., 0] = 250  # pure red in RGB
     out = decode(E.encode_jpg(image)).astype(int)
     assert out[..., 0].mean() > 240 and out[..., 2].mean() < 15
 
 
-def test_jpg_quality_and_odd_inputs():
+def test_jpg_quality_and_odd_inputs(jpeg_backend):
     image = photo_like(101, 77)
     assert len(E.encode_jpg(image, quality=50)) < len(E.encode_jpg(image, quality=95))
     assert decode(E.encode_jpg(image[:, ::2])).shape == (101, 39, 3)  # non-contiguous
@@ -180,6 +189,46 @@ def test_jpg_quality_and_odd_inputs():
     for q in (-1, 101):
         with pytest.raises(ValueError, match="quality"):
             E.encode_jpg(image, quality=q)
+
+
+def test_simplejpeg_used_when_installed():
+    pytest.importorskip("simplejpeg")
+    assert E.jpeg_encoder_name() == "simplejpeg"
+
+
+def test_simplejpeg_and_opencv_agree(monkeypatch):
+    """Both are libjpeg-turbo at quality 90, 4:2:0, from the same pixels: the decoded images
+    agree closely (a channel swap would not), at even and odd sizes; OpenCV's build differs in
+    small details (mean difference about 0.6 on this image)."""
+    pytest.importorskip("simplejpeg")
+    for H, W in ((240, 320), (121, 161), (1, 1)):
+        image = photo_like(H, W)
+        ours = decode(E.encode_jpg(image)).astype(int)
+        with monkeypatch.context() as m:
+            m.setattr(E, "_simplejpeg", lambda: None)
+            theirs = decode(E.encode_jpg(image)).astype(int)
+        assert ours.shape == theirs.shape == image.shape
+        assert np.abs(ours - theirs).mean() < 1.0, (H, W)
+        assert np.abs(ours - image.astype(int)).mean() < 2.5, (H, W)
+        assert np.abs(theirs - image.astype(int)).mean() < 2.5, (H, W)
+
+
+def test_broken_simplejpeg_fails_the_self_check_and_opencv_takes_over(monkeypatch):
+    def swapped(image, quality, colorspace, subsampling):  # BGR order: the self-check must notice
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return buf.tobytes()
+
+    monkeypatch.setitem(sys.modules, "simplejpeg", types.SimpleNamespace(encode_jpeg=swapped))
+    monkeypatch.setattr(E, "_sj_state", [])
+    assert E.jpeg_encoder_name() == "opencv"
+    out = decode(E.encode_jpg(np.dstack([np.full((16, 16), 250, np.uint8)] + [np.zeros((16, 16), np.uint8)] * 2)))
+    assert out[..., 0].mean() > 240  # red stays red
+
+
+def test_jpeg_encoder_env_forces_opencv(monkeypatch):
+    monkeypatch.setenv("XAIFAST_JPEG_ENCODER", "opencv")
+    monkeypatch.setattr(E, "_sj_state", [])
+    assert E.jpeg_encoder_name() == "opencv"
 
 
 def test_encode_dispatch():

@@ -3,7 +3,7 @@
 Images are RGB uint8 [H, W, 3] (RGBA [H, W, 4] also works) or gray uint8 [H, W] ([H, W, 1]).
 
     encode_png(image) -> bytes        lossless: decoding gives exactly the input's pixels
-    encode_jpg(image, quality=90)     OpenCV (libjpeg-turbo), RGB -> BGR handled
+    encode_jpg(image, quality=90)     libjpeg-turbo (simplejpeg, or OpenCV), 4:2:0
     encode(image, "png" | "jpg")
     write_atomic(path, data)          temp name in the same folder, then os.replace
 
@@ -39,7 +39,17 @@ still does ~4.5x the work of OpenCV's PNG on both cores; its GIL hold is ~1.4 ms
 overlay, which other Python threads wait for.
 
 JPEG: OpenCV (libjpeg-turbo), IMWRITE_JPEG_QUALITY 90: 0.9-1.1 ms (640x480), 3-4.5 ms
-(1200x900), files 0.13x (overlays) to 0.24x (heat maps) of OpenCV's PNG.
+(1200x900), files 0.13x (overlays) to 0.24x (heat maps) of OpenCV's PNG. With the `simplejpeg`
+package (PyPI; wheels bundling libjpeg-turbo for Linux, macOS, Windows), RGB images go to
+libjpeg-turbo as RGB, without OpenCV's RGB -> BGR copy: a heat map and an overlay of a dump (0.41 MP
+on average, 200 photos of benchmarks/photoset.py, rendered and encoded on one thread) 3.53 -> 3.31 ms
+here (Intel Xeon, 2 vCPUs). Gray images still go to OpenCV.
+
+Tried and dropped: feeding libjpeg the heat maps as I420 planes made in the C++ postprocessor
+(libjpeg's exact YCbCr and 2 x 2 chroma arithmetic from a table; same bytes at sizes that are
+multiples of 16). The encoder then saved 0.37 ms a heat map, but making the planes cost about as
+much: 3.42 ms against 3.31 for plain RGB through simplejpeg.
+XAIFAST_JPEG_ENCODER=opencv forces OpenCV.
 """
 from __future__ import annotations
 
@@ -53,7 +63,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["encode_png", "encode_jpg", "encode", "write_atomic", "png_encoder_name", "FORMATS"]
+__all__ = ["encode_png", "encode_jpg", "encode", "write_atomic", "png_encoder_name", "jpeg_encoder_name",
+           "FORMATS"]
 
 FORMATS = ("png", "jpg")
 # OpenCV settings for the PNG fallback (gray images, or RGB when fpng is missing). The level goes
@@ -109,6 +120,44 @@ def _decode(data: bytes, channels: int) -> np.ndarray:
     return image
 
 
+_sj_state: list = []  # [] until first use, then [the simplejpeg module or None]
+
+
+def _simplejpeg():
+    """The simplejpeg module when it is installed and round-trips a probe, else None (OpenCV then)."""
+    if _sj_state:
+        return _sj_state[0]
+    with _fpng_lock:
+        if not _sj_state:
+            _sj_state.append(_load_simplejpeg())
+    return _sj_state[0]
+
+
+def _load_simplejpeg():
+    if os.environ.get("XAIFAST_JPEG_ENCODER", "auto").lower() == "opencv":
+        return None
+    try:
+        import simplejpeg
+        # a colored probe (red ramp, green falling, blue flat, some noise): a channel swap shows
+        rng = np.random.default_rng(7)
+        ramp = np.arange(48)[None, :] * 5 + np.zeros((32, 1), int)
+        probe = np.dstack([ramp, 240 - ramp, np.full_like(ramp, 60)]) + rng.integers(-3, 4, (32, 48, 3))
+        probe = np.ascontiguousarray(np.clip(probe, 0, 255).astype(np.uint8))
+        back = _decode(simplejpeg.encode_jpeg(probe, 90, "RGB", "420"), 3)
+        ok = back.shape == probe.shape and np.abs(back.astype(int) - probe).mean() < 3
+    except Exception:  # ImportError, or a broken build
+        return None
+    if not ok:
+        log.warning("simplejpeg failed its round-trip self-check; JPEGs are encoded with OpenCV")
+        return None
+    return simplejpeg
+
+
+def jpeg_encoder_name() -> str:
+    """Which encoder RGB JPEGs get here: "simplejpeg" or "opencv" (gray JPEGs always use OpenCV)."""
+    return "simplejpeg" if _simplejpeg() is not None else "opencv"
+
+
 def png_encoder_name() -> str:
     """Which encoder RGB(A) PNGs get here: "fpng" or "opencv" (gray PNGs always use OpenCV)."""
     return "fpng" if _fpng() is not None else "opencv"
@@ -153,14 +202,23 @@ def encode_png(image: np.ndarray) -> bytes:
     return _cv2_encode(".png", image, _CV2_PNG_PARAMS)
 
 
-def encode_jpg(image: np.ndarray, quality: int = 90) -> bytes:
-    """JPEG (OpenCV, 4:2:0) of an RGB or gray uint8 image; RGBA drops its alpha."""
+def _check_quality(quality) -> int:
     if not 0 <= int(quality) <= 100:
         raise ValueError(f"JPEG quality must be in 0..100, got {quality}")
+    return int(quality)
+
+
+def encode_jpg(image: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG (libjpeg-turbo, 4:2:0) of an RGB or gray uint8 image; RGBA drops its alpha. RGB goes to
+    simplejpeg when installed (no channel swap), else to OpenCV."""
+    quality = _check_quality(quality)
     image = _checked(image)
     if image.ndim == 3 and image.shape[2] == 4:
         image = np.ascontiguousarray(image[:, :, :3])
-    return _cv2_encode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    sj = _simplejpeg() if image.ndim == 3 else None
+    if sj is not None:
+        return sj.encode_jpeg(image, quality, "RGB", "420")
+    return _cv2_encode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
 
 
 def encode(image: np.ndarray, fmt: str, quality: int = 90) -> bytes:
