@@ -43,13 +43,13 @@ JPEG: OpenCV (libjpeg-turbo), IMWRITE_JPEG_QUALITY 90: 0.9-1.1 ms (640x480), 3-4
 package (PyPI; wheels bundling libjpeg-turbo for Linux, macOS, Windows), RGB images go to
 libjpeg-turbo as RGB, without OpenCV's RGB -> BGR copy: a heat map and an overlay of a dump (0.41 MP
 on average, 200 photos of benchmarks/photoset.py, rendered and encoded on one thread) 3.53 -> 3.31 ms
-here (Intel Xeon, 2 vCPUs). Gray images still go to OpenCV.
+here (Intel Xeon, 2 vCPUs). Gray images still go to OpenCV. XAIFAST_JPEG_ENCODER=opencv forces
+OpenCV for all.
 
 Tried and dropped: feeding libjpeg the heat maps as I420 planes made in the C++ postprocessor
 (libjpeg's exact YCbCr and 2 x 2 chroma arithmetic from a table; same bytes at sizes that are
 multiples of 16). The encoder then saved 0.37 ms a heat map, but making the planes cost about as
 much: 3.42 ms against 3.31 for plain RGB through simplejpeg.
-XAIFAST_JPEG_ENCODER=opencv forces OpenCV.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ FORMATS = ("png", "jpg")
 # first: OpenCV resets the strategy when it reads IMWRITE_PNG_COMPRESSION.
 _CV2_PNG_PARAMS = []
 
-_fpng_lock = threading.Lock()
+_load_lock = threading.Lock()  # first use of fpng / simplejpeg
 _fpng_state: list = []  # [] until first use, then [fpng.from_ndarray or None]
 
 
@@ -79,7 +79,7 @@ def _fpng():
     """fpng's encoder when the package is installed and passes a round-trip self-check, else None."""
     if _fpng_state:
         return _fpng_state[0]
-    with _fpng_lock:
+    with _load_lock:
         if not _fpng_state:
             _fpng_state.append(_load_fpng())
     return _fpng_state[0]
@@ -127,7 +127,7 @@ def _simplejpeg():
     """The simplejpeg module when it is installed and round-trips a probe, else None (OpenCV then)."""
     if _sj_state:
         return _sj_state[0]
-    with _fpng_lock:
+    with _load_lock:
         if not _sj_state:
             _sj_state.append(_load_simplejpeg())
     return _sj_state[0]

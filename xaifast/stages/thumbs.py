@@ -89,9 +89,9 @@ def shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
     is fast only for a factor of 2 (1200 x 900 by 2: 0.37 ms; by 3 or 4: 1.4-1.8 ms). So: halvings
     (INTER_AREA by exactly 2, an odd last row or column dropped) while the image is at least 4x the
     target, then INTER_LINEAR to twice the target (a ratio under 2: two taps see every pixel), then
-    INTER_AREA by exactly 2. An image at most twice the target gets plain INTER_AREA. The halvings
-    drop at most one row and one column each: the picture moves by under a sixteenth of a
-    thumbnail pixel."""
+    INTER_AREA by exactly 2. An image at most twice the target gets plain INTER_AREA. Each halving
+    drops at most one row and one column of its input (1, 2, 4 ... pixels of the photo): together
+    under half a thumbnail pixel at the bottom and right edges."""
     h0, w0 = image.shape[:2]
     if (h0, w0) == (height, width):
         return image
