@@ -17,10 +17,11 @@ from xaifast.stages import encode as E
 
 @pytest.fixture(params=["auto", "opencv"])
 def backend(request, monkeypatch):
-    """Every PNG test runs with the encoder this install picks (fpng when present) and with
-    OpenCV forced."""
+    """Every PNG and JPEG test runs with the encoders this install picks (fpng and simplejpeg when
+    present) and with OpenCV forced."""
     if request.param == "opencv":
         monkeypatch.setattr(E, "_fpng", lambda: None)
+        monkeypatch.setattr(E, "_simplejpeg", lambda: None)
     return request.param
 
 
@@ -149,16 +150,7 @@ def photo_like(H=240, W=320):
     return np.floor(0.5 * base + 0.5 * smooth((H, W, 3)).astype(np.float32) + 0.5).astype(np.uint8)
 
 
-@pytest.fixture(params=["auto", "opencv"])
-def jpeg_backend(request, monkeypatch):
-    """Every JPEG test runs with the encoder this install picks (simplejpeg when present) and with
-    OpenCV forced."""
-    if request.param == "opencv":
-        monkeypatch.setattr(E, "_simplejpeg", lambda: None)
-    return request.param
-
-
-def test_jpg_shape_close_and_smaller_than_png(jpeg_backend):
+def test_jpg_shape_close_and_smaller_than_png(backend):
     image = photo_like()
     data = E.encode_jpg(image)
     assert data[:2] == b"\xff\xd8"
@@ -172,14 +164,14 @@ def test_jpg_shape_close_and_smaller_than_png(jpeg_backend):
     assert np.abs(out.astype(int) - gray.astype(int)).mean() < 2.0
 
 
-def test_jpg_keeps_rgb_order(jpeg_backend):
+def test_jpg_keeps_rgb_order(backend):
     image = np.zeros((32, 32, 3), np.uint8)
     image[..., 0] = 250  # pure red in RGB
     out = decode(E.encode_jpg(image)).astype(int)
     assert out[..., 0].mean() > 240 and out[..., 2].mean() < 15
 
 
-def test_jpg_quality_and_odd_inputs(jpeg_backend):
+def test_jpg_quality_and_odd_inputs(backend):
     image = photo_like(101, 77)
     assert len(E.encode_jpg(image, quality=50)) < len(E.encode_jpg(image, quality=95))
     assert decode(E.encode_jpg(image[:, ::2])).shape == (101, 39, 3)  # non-contiguous

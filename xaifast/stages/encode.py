@@ -75,14 +75,18 @@ _load_lock = threading.Lock()  # first use of fpng / simplejpeg
 _fpng_state: list = []  # [] until first use, then [fpng.from_ndarray or None]
 
 
+def _loaded(state: list, load):
+    """What `load()` returns, computed once (state: [] until then, [the result] after)."""
+    if not state:
+        with _load_lock:
+            if not state:
+                state.append(load())
+    return state[0]
+
+
 def _fpng():
     """fpng's encoder when the package is installed and passes a round-trip self-check, else None."""
-    if _fpng_state:
-        return _fpng_state[0]
-    with _load_lock:
-        if not _fpng_state:
-            _fpng_state.append(_load_fpng())
-    return _fpng_state[0]
+    return _loaded(_fpng_state, _load_fpng)
 
 
 def _load_fpng():
@@ -125,12 +129,7 @@ _sj_state: list = []  # [] until first use, then [the simplejpeg module or None]
 
 def _simplejpeg():
     """The simplejpeg module when it is installed and round-trips a probe, else None (OpenCV then)."""
-    if _sj_state:
-        return _sj_state[0]
-    with _load_lock:
-        if not _sj_state:
-            _sj_state.append(_load_simplejpeg())
-    return _sj_state[0]
+    return _loaded(_sj_state, _load_simplejpeg)
 
 
 def _load_simplejpeg():
