@@ -111,6 +111,9 @@ def test_zarr_run_equals_png_run_and_renders_its_files(tmp_path, data, recipe):
     run(XAIFAST, "render", tmp_path / "zpost", "--out", tmp_path / "some", "--classes", "[1]", "--images", "[c0/im0.jpg]")
     assert sorted(p.name for p in (tmp_path / "some").rglob("*.png")) == ["im0_class_1_overlay.png",
                                                                           "im0_class_1_saliency_map.png"]
+    # a postprocessed PNG run kept files, not maps: rendering it says so and what to do
+    with pytest.raises(xaifast.XaifastError, match="kept no low-resolution maps.*rendered files.*--dump_format zarr"):
+        xaifast.open_run(tmp_path / "pngpost").render("c0/im0.jpg", 2)
 
 
 def test_zarr_run_killed_and_resumed_keeps_everything(tmp_path, data, recipe, rng):

@@ -199,7 +199,8 @@ class Run:
         low = self[pos].maps
         if not low:
             raise XaifastError(f"{self.path}: the run kept no low-resolution maps of {record['source']} "
-                               "(a postprocessed PNG run keeps the rendered files instead)")
+                               "(a postprocessed PNG or JPEG run keeps the rendered files instead: use those, or "
+                               "explain with --dump_format zarr to keep maps that can be rendered again)")
         try:
             image = read_image(record["source"])
         except XaifastError as exc:
