@@ -111,6 +111,16 @@ def test_zarr_run_equals_png_run_and_renders_its_files(tmp_path, data, recipe):
     run(XAIFAST, "render", tmp_path / "zpost", "--out", tmp_path / "some", "--classes", "[1]", "--images", "[c0/im0.jpg]")
     assert sorted(p.name for p in (tmp_path / "some").rglob("*.png")) == ["im0_class_1_overlay.png",
                                                                           "im0_class_1_saliency_map.png"]
+    # the same for JPEG: the rendered files are the jpg run's, byte for byte (one encoder for both)
+    run(XAIFAST, *explain_args(recipe, data, tmp_path / "jpgpost", "--explain_config.postprocess", "True",
+                               "--dump_format", "jpg"))
+    run(XAIFAST, "render", tmp_path / "zpost", "--out", tmp_path / "rendered_jpg", "--format", "jpg")
+    want = xaifast.open_run(tmp_path / "jpgpost").path / "explain" / "saliency_maps"
+    files = sorted(p.relative_to(want).as_posix() for p in want.rglob("*.jpg"))
+    assert files == sorted(p.relative_to(tmp_path / "rendered_jpg").as_posix()
+                           for p in (tmp_path / "rendered_jpg").rglob("*.jpg")) and len(files) == 7 * 4 * 2
+    for rel in files:
+        assert (want / rel).read_bytes() == (tmp_path / "rendered_jpg" / rel).read_bytes(), rel
     # a postprocessed PNG run kept files, not maps: rendering it says so and what to do
     with pytest.raises(xaifast.XaifastError, match="kept no low-resolution maps.*rendered files.*--dump_format zarr"):
         xaifast.open_run(tmp_path / "pngpost").render("c0/im0.jpg", 2)
