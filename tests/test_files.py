@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from xaifast.stages.files import FileWriter, default_writers
+from xaifast.stages.files import FileWriter, Parts, default_writers
 
 
 @pytest.mark.parametrize("threads", [1, 3])
@@ -81,6 +81,46 @@ def test_queue_is_bounded(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a", "b", "c"]
 
 
+def test_queue_is_bounded_in_bytes(tmp_path):
+    """write() also blocks while `max_bytes` wait (a group bigger than that waits for an empty
+    queue): an image's many large files never pile up in memory."""
+    release = threading.Event()
+    writer = FileWriter(depth=100, max_bytes=1000)
+    writer.write([(tmp_path / "a", b"x")], release.wait)   # the thread holds this one (1 byte queued)
+    writer.write([(tmp_path / "b", b"y" * 600)])           # fits: 601 bytes queued
+    third = threading.Thread(target=writer.write, args=([(tmp_path / "c", b"z" * 600)],))
+    third.start()
+    third.join(timeout=0.5)
+    blocked = third.is_alive()
+    release.set()
+    third.join(timeout=10)
+    big = FileWriter(max_bytes=10)
+    big.write([(tmp_path / "d", b"w" * 100)])  # bigger than the bound: let in when the queue is empty
+    big.close()
+    writer.close()
+    assert blocked, "a group was accepted while max_bytes were waiting"
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "c", "d"]
+    assert (tmp_path / "c").read_bytes() == b"z" * 600
+
+
+def test_parts_call_then_once_after_close_and_every_part():
+    calls = []
+    parts = Parts(lambda: calls.append("done"))
+    first, second = parts.part(), parts.part()
+    first()
+    parts.close()
+    assert calls == []  # the second part is not written yet
+    second()
+    assert calls == ["done"]
+    failed = Parts(lambda: calls.append("never"))
+    failed.part()  # its write failed: never finishes
+    failed.close()
+    assert calls == ["done"]
+    empty = Parts(lambda: calls.append("empty"))
+    empty.close()
+    assert calls == ["done", "empty"]
+
+
 def test_unused_writer_closes_without_threads():
     writer = FileWriter(threads=2)
     writer.close()
@@ -104,3 +144,31 @@ def test_inline_writer_has_the_same_interface(tmp_path):
     writer.close()
     assert seen == [[bytes([i]) * 10 for i in range(3)]]
     assert not [p for p in tmp_path.rglob(".*")]
+
+
+def test_folder_sink_hands_an_image_over_in_parts_and_journals_it_once(tmp_path):
+    """An image with many large files reaches the writer in parts of about GROUP_BYTES, and the
+    sink's `done` runs once, after the last part, with every file."""
+    import types
+
+    import numpy as np
+
+    from xaifast.stages import files as F
+    from xaifast.stages.sinks import FolderSink
+
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, (300, 400, 3), dtype=np.uint8) for _ in range(4)]  # ~360 KB each as PNG
+    ex = types.SimpleNamespace(name="d/im", files=lambda: ((k, kind, noise[k % 4]) for k in range(24)
+                                                           for kind in ("saliency_map", "overlay")))
+    groups, done = [], []
+
+    class Recorder(F.InlineWriter):
+        def write(self, files, then=None):
+            groups.append(sum(len(d) for _, d in files))
+            assert not done, "the image was journaled before all its parts were written"
+            super().write(files, then)
+
+    FolderSink(tmp_path, "png", writer=Recorder()).write(ex, done.append)
+    assert len(groups) > 2 and max(groups) < F.GROUP_BYTES + 400_000, groups
+    assert len(done) == 1 and len(done[0]["files"]) == 48
+    assert all((tmp_path / f).is_file() for f in done[0]["files"])

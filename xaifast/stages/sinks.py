@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Sequence
 
 from ..errors import XaifastError
 from .encode import encode
-from .files import InlineWriter
+from .files import GROUP_BYTES, InlineWriter, Parts
 
 MAPS_DIR = "explain/saliency_maps"  # under the run folder
 DUMP_FORMATS = ("png", "jpg")
@@ -76,12 +76,23 @@ class FolderSink:
         self.quality = quality
 
     def write(self, ex, done: Callable[[dict], None]) -> None:
-        files, written = [], []
+        """Encode the image's files and hand them to the writer in parts of at most GROUP_BYTES
+        (an ALL run's 2000 files an image never wait at once); `done` once all are on disk."""
+        written: List[str] = []
+        parts = Parts(lambda: done({"files": written}))
+        files, size = [], 0
         for key, kind, pixels in ex.files():
             rel = f"{MAPS_DIR}/{ex.name}_{file_tag(key)}_{kind}{self.ext}"
-            files.append((self.run_dir / rel, encode(pixels, self.fmt, self.quality)))
+            data = encode(pixels, self.fmt, self.quality)
+            files.append((self.run_dir / rel, data))
             written.append(rel)
-        self.writer.write(files, lambda: done({"files": written}))
+            size += len(data)
+            if size >= GROUP_BYTES:
+                self.writer.write(files, parts.part())
+                files, size = [], 0
+        if files:
+            self.writer.write(files, parts.part())
+        parts.close()
 
     def close(self) -> None:
         pass
