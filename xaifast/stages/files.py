@@ -14,7 +14,7 @@ the folder) and one writer thread (more on big machines: `default_writers`) crea
 
 Memory: what waits is bounded twice, by groups (`depth`) and by bytes (`max_bytes`, 32 MB: a group
 is let in when the queue holds less, or when it is empty). A sink hands an image with many files
-over in parts of at most GROUP_BYTES and journals it once every part is on disk (`Parts`): an ALL
+over in parts of about GROUP_BYTES and journals it once every part is on disk (`Parts`): an ALL
 run of a 1000-class model writes 2000 full-size PNGs an image, about 0.5 GB encoded, which must
 never be held at once.
 

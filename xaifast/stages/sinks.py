@@ -76,8 +76,9 @@ class FolderSink:
         self.quality = quality
 
     def write(self, ex, done: Callable[[dict], None]) -> None:
-        """Encode the image's files and hand them to the writer in parts of at most GROUP_BYTES
-        (an ALL run's 2000 files an image never wait at once); `done` once all are on disk."""
+        """Encode the image's files and hand them to the writer in parts of about GROUP_BYTES (one
+        file more at most: an ALL run's 2000 files an image never wait at once); `done` once all
+        are on disk."""
         written: List[str] = []
         parts = Parts(lambda: done({"files": written}))
         files, size = [], 0
