@@ -76,7 +76,8 @@ COMPILE = os.environ.get("XAIFAST_BENCH_GPU_COMPILE", "1") == "1"
 CHANNELS_LAST = os.environ.get("XAIFAST_BENCH_GPU_CHANNELS_LAST", "1") == "1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 NUM_CLASSES = 1000
-ALL = xaifast.ExplainConfig(target_explain_group="ALL")
+# softmax scores as the OTX 1.x baseline and the kernel rows (xaifast's default is OTX 2.x's raw logits)
+ALL = xaifast.ExplainConfig(target_explain_group="ALL", score="softmax")
 GOAL_FORWARD = 0.9   # xaifast throughput / forward throughput, GAP head
 GOAL_OTX = 10.0      # xaifast throughput / OTX-style throughput
 GUARD_IMAGES = 4
