@@ -105,10 +105,12 @@ def guard(adapter, x):
     """Untimed: the fast and the naive path give the same maps."""
     fast = xaifast.saliency_maps(adapter, x)
     naive = xaifast.saliency_maps(adapter, x, use_fast_path=False)
-    if DEVICE.type == "cuda":  # other kernels, other summation orders: relative to the largest value
+    # other summation orders: float32 rounding relative to the largest value (the maps are raw
+    # logits by default, magnitude ~1, since the OTX parity issue; 1e-7 absolute was for softmax)
+    if DEVICE.type == "cuda":  # other kernels too
         torch.testing.assert_close(fast, naive, rtol=1e-4, atol=1e-5 * float(naive.abs().max()))
     else:
-        torch.testing.assert_close(fast, naive, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(fast, naive, rtol=1e-5, atol=1e-6 * float(naive.abs().max()))
     return fast
 
 
