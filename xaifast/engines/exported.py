@@ -96,6 +96,15 @@ def open_exported(path: Union[str, Path], *, precision: str = "f32", device: str
     return adapter
 
 
+def with_outputs(model, index: Sequence[int]):
+    """The OpenVINO `model` with only its outputs at `index` (in that order): what is compiled then
+    computes nothing the other outputs alone needed (see OpenVINOAdapter._select)."""
+    import openvino as ov
+
+    results = model.get_results()
+    return ov.Model([results[i] for i in index], model.get_parameters(), model.get_friendly_name())
+
+
 ALL_ROLES = ("logits", "saliency_map", "feature_map")  # a graph's outputs, in this order (those it has)
 MAP_ROLES = ("logits", "saliency_map")        # what an explanation by the graph's own maps needs
 FEATURE_ROLES = ("logits", "feature_map")     # class-agnostic maps from the feature map (and forward())
@@ -190,12 +199,7 @@ class OpenVINOAdapter(ModelAdapter):
             return
         keep = tuple(r for r in self._graph_roles if r in roles)
         if keep not in self._selected:
-            import openvino as ov
-
-            graph = self._graph.clone()
-            results = graph.get_results()
-            index = [self._graph_roles.index(r) for r in keep]
-            pruned = ov.Model([results[i] for i in index], graph.get_parameters(), graph.get_friendly_name())
+            pruned = with_outputs(self._graph.clone(), [self._graph_roles.index(r) for r in keep])
             compiled = self.core.compile_model(pruned, self.device_name, self._config)
             self._selected[keep] = (compiled, dict(zip(keep, compiled.outputs)), compiled.create_infer_request())
         self.compiled, self._roles, self._request = self._selected[keep]

@@ -257,13 +257,12 @@ FILE_INFER_BATCH = 8
 def _logits_only(model):
     """The model with its "logits" output alone: an explain IR's saliency_map (the whole Recipro-CAM
     graph) and feature_map are not computed for every scored image."""
-    import openvino as ov
+    from .exported import with_outputs
 
     names = [o.get_names() for o in model.outputs]
     if len(names) < 2 or not any("logits" in n for n in names):
         return model
-    index = next(i for i, n in enumerate(names) if "logits" in n)
-    return ov.Model([model.get_results()[index]], model.get_parameters(), model.get_friendly_name())
+    return with_outputs(model, [next(i for i, n in enumerate(names) if "logits" in n)])
 
 
 def _file_scorer(path: Path, score: str, batch_size: int, infer_batch: int = FILE_INFER_BATCH) -> Scorer:
